@@ -1,0 +1,76 @@
+"""Writing `CallRecord`s to llm_calls, and the two small reads the writer and its tests need.
+
+The logging writer calls `insert_records` with a batch of rows. A batch may be written twice: the
+writer replays its spool file after the database comes back, and it cannot know whether a batch that
+failed mid-commit reached the table. So the INSERT skips rows whose id is already there
+(`ON CONFLICT (id) DO NOTHING`, spelled the same on SQLite and PostgreSQL), and replaying a batch
+leaves exactly one row per attempt.
+
+Reporting queries (filters, summaries, pages) live elsewhere; these reads are only what proves a
+write happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from course_llm.db.models import LLMCall
+from course_llm.db.session import SessionFactory
+from course_llm.records import CallRecord
+
+__all__ = ["count_calls", "fetch_request", "insert_records"]
+
+_TABLE: sa.Table = LLMCall.__table__  # type: ignore[assignment]  # declared as FromClause; it is a Table
+
+
+def _insert_ignoring_duplicates(dialect_name: str) -> Any:
+    """`INSERT … ON CONFLICT (id) DO NOTHING RETURNING id` in the dialect's own construct.
+
+    RETURNING makes the count of inserted rows exact on both databases: asyncpg reports no rowcount
+    for a many-row INSERT, and skipped duplicates return nothing. SQLAlchemy sends a list of rows as
+    batched multi-row INSERTs ("insertmanyvalues"), one round trip per ~thousand rows.
+    """
+    if dialect_name == "postgresql":
+        pg_stmt = postgresql.insert(_TABLE).on_conflict_do_nothing(index_elements=["id"])
+        return pg_stmt.returning(_TABLE.c.id)
+    if dialect_name == "sqlite":
+        lite_stmt = sqlite.insert(_TABLE).on_conflict_do_nothing(index_elements=["id"])
+        return lite_stmt.returning(_TABLE.c.id)
+    raise ValueError(f"unsupported database {dialect_name!r}: course_llm writes to sqlite or postgresql")
+
+
+async def insert_records(session_factory: SessionFactory, records: Sequence[CallRecord]) -> int:
+    """Insert `records` in one transaction; return how many rows were new.
+
+    Rows whose id is already in the table are skipped, so the same batch can be replayed safely.
+    Errors propagate: the caller (the logging writer) decides whether to spool and retry.
+    """
+    if not records:
+        return 0
+    rows = [record.as_dict() for record in records]
+    async with session_factory() as session, session.begin():
+        statement = _insert_ignoring_duplicates(session.get_bind().dialect.name)
+        result = await session.execute(statement, rows)
+        return len(result.all())
+
+
+async def count_calls(session_factory: SessionFactory) -> int:
+    """How many rows llm_calls holds."""
+    async with session_factory() as session:
+        total = await session.scalar(sa.select(sa.func.count()).select_from(_TABLE))
+        return int(total or 0)
+
+
+async def fetch_request(session_factory: SessionFactory, request_id: str) -> list[LLMCall]:
+    """Every attempt of one request, first attempt first."""
+    statement = (
+        sa.select(LLMCall)
+        .where(LLMCall.request_id == request_id)
+        .order_by(LLMCall.attempt, LLMCall.created_at, LLMCall.id)
+    )
+    async with session_factory() as session:
+        return list((await session.scalars(statement)).all())
