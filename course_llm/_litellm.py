@@ -1,0 +1,87 @@
+"""The one door to LiteLLM: environment before import, and the rules course_llm adds to its Router.
+
+`import litellm` downloads the model cost map unless LITELLM_LOCAL_MODEL_COST_MAP is set, so every
+course_llm module that needs LiteLLM gets it from `load_litellm()`, which sets that first.
+
+LiteLLM's `retry_policy` chooses retries by exception class; DESIGN.md wants them by HTTP status
+(an upstream 401 can surface as BadRequestError, a 403 as PermissionDeniedError, which the policy
+does not know and which the Router retries when a group has several deployments). So course_llm
+configures no retry_policy and wraps `Router.should_retry_this_error`: a permanent status is never
+retried; everything else keeps LiteLLM's own decision. tests/test_routing.py pins the behaviour.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+#: Statuses that skip to the next model at once (DESIGN.md, "Routing semantics").
+PERMANENT_STATUS_CODES = frozenset({400, 401, 403, 404})
+
+_PATCH_MARK = "_course_llm_status_code_rule"
+
+
+def configure_environment() -> None:
+    """Environment LiteLLM reads at import: never reach for the network for the cost map."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
+def load_litellm() -> ModuleType:
+    """Import LiteLLM with course_llm's environment and install the status-code retry rule."""
+    configure_environment()
+    import litellm
+    from litellm.router import Router
+
+    _install_status_code_retry_rule(Router)
+    return litellm
+
+
+def is_transient(status_code: int | None) -> bool:
+    """Transient errors are retried on the same model; unknown status (connection error) too."""
+    return status_code not in PERMANENT_STATUS_CODES
+
+
+def _install_status_code_retry_rule(router_class: Any) -> None:
+    original: Callable[..., Any] = router_class.should_retry_this_error
+    if getattr(original, _PATCH_MARK, False):
+        return
+
+    def should_retry_this_error(self: Any, error: Exception, *args: Any, **kwargs: Any) -> Any:
+        if getattr(error, "status_code", None) in PERMANENT_STATUS_CODES:
+            raise error
+        return original(self, error, *args, **kwargs)
+
+    setattr(should_retry_this_error, _PATCH_MARK, True)
+    router_class.should_retry_this_error = should_retry_this_error
+
+
+async def flush_logging_worker() -> None:
+    """Wait until LiteLLM's background logging worker delivered every queued success event."""
+    from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+
+    await GLOBAL_LOGGING_WORKER.flush()
+
+
+def add_callback(callback: Any) -> None:
+    litellm = load_litellm()
+    litellm.logging_callback_manager.add_litellm_callback(callback)
+
+
+def remove_callback(callback: Any) -> None:
+    """Take a logger out of every LiteLLM callback list (assigning the list does not)."""
+    litellm = load_litellm()
+    for name in (
+        "callbacks",
+        "success_callback",
+        "failure_callback",
+        "_async_success_callback",
+        "_async_failure_callback",
+        "input_callback",
+        "service_callback",
+    ):
+        callbacks = getattr(litellm, name, None)
+        if isinstance(callbacks, list):
+            while callback in callbacks:
+                callbacks.remove(callback)

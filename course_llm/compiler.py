@@ -1,0 +1,166 @@
+"""Compile a validated registry into LiteLLM Router configuration. A pure function: no I/O.
+
+Each action×strategy chain becomes one model group `<action>/<strategy>` whose deployments carry
+`litellm_params.order` 1, 2, 3 … in chain order. LiteLLM tries order 1 first and moves to the next
+order level when a model fails, then follows the group's cross-group `fallbacks` (the action's
+`default` chain, then the optional fallback strategy). Measured in ../shared/LITELLM_NOTES.md and
+pinned by tests/test_routing.py.
+
+Retries: `num_retries = max_attempts - 1` attempts more on the same model for transient errors.
+Permanent errors (400, 401, 403, 404) are never retried: `course_llm._litellm` installs that rule,
+because LiteLLM's own `retry_policy` classifies by exception class, not by status code.
+Cooldowns are off: every request walks its chain in order, so each attempt is a row and the
+chain a user configured is the chain that runs. `disable_provider` is the run-time switch.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from course_llm.registry import DEFAULT_STRATEGY, ModelConfig, Registry
+
+#: LiteLLM resolves this dotted path to the proxy's logger instance (course_llm/proxy/callback.py).
+PROXY_CALLBACK = "course_llm.proxy.callback.logger"
+MASTER_KEY_REF = "os.environ/LITELLM_MASTER_KEY"
+
+
+def group_name(action: str, strategy: str) -> str:
+    return f"{action}/{strategy}"
+
+
+def deployment_id(action: str, strategy: str, model_id: str) -> str:
+    """The deployment id LiteLLM reports per attempt: `<action>/<strategy>/<model id>`."""
+    return f"{action}/{strategy}/{model_id}"
+
+
+def parse_deployment_id(value: str) -> tuple[str, str, str] | None:
+    """Inverse of deployment_id; None for ids course_llm did not make."""
+    parts = value.split("/", 2)
+    if len(parts) != 3 or not all(parts):
+        return None
+    return parts[0], parts[1], parts[2]
+
+
+def _per_token(per_1k: float) -> float:
+    # Decimal keeps 0.0003/1000 at 3e-07 instead of 2.9999999999999997e-07 in the golden file.
+    return float(Decimal(str(per_1k)) / 1000)
+
+
+def _deployment(action: str, strategy: str, order: int, model: ModelConfig) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "model": model.litellm_model,
+        "api_key": f"os.environ/{model.key_env}",
+        "order": order,
+        "input_cost_per_token": _per_token(model.cost_per_1k.input),
+        "output_cost_per_token": _per_token(model.cost_per_1k.output),
+    }
+    if model.api_base:
+        params["api_base"] = model.api_base
+    return {
+        "model_name": group_name(action, strategy),
+        "litellm_params": params,
+        "model_info": {
+            "id": deployment_id(action, strategy, model.id),
+            "course_llm_model_id": model.id,
+            "course_llm_provider": model.provider,
+            "course_llm_cost_per_1k_input": model.cost_per_1k.input,
+            "course_llm_cost_per_1k_output": model.cost_per_1k.output,
+            "max_input_tokens": model.max_context,
+        },
+    }
+
+
+def _fallback_strategies(strategy: str, fallback_strategy: str | None, available: list[str]) -> list[str]:
+    order = [DEFAULT_STRATEGY, fallback_strategy] if fallback_strategy else [DEFAULT_STRATEGY]
+    return [s for s in order if s is not None and s != strategy and s in available]
+
+
+def compile_router_config(
+    registry: Registry,
+    *,
+    max_attempts: int = 2,
+    fallback_strategy: str | None = None,
+    timeout_s: float = 600.0,
+    disabled_providers: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """`{"model_list": [...], "router_settings": {...}}` for `litellm.Router(**...)`.
+
+    Models of `disabled_providers` are left out of every chain; a chain left empty has no group.
+    """
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
+    model_list: list[dict[str, Any]] = []
+    chain_sizes: dict[str, int] = {}
+    strategies: dict[str, list[str]] = {}
+    for action, strategy, model_ids in registry.chains():
+        models = [
+            registry.models[m] for m in model_ids if registry.models[m].provider not in disabled_providers
+        ]
+        if not models:
+            continue
+        strategies.setdefault(action, []).append(strategy)
+        chain_sizes[group_name(action, strategy)] = len(models)
+        model_list.extend(_deployment(action, strategy, i, m) for i, m in enumerate(models, start=1))
+
+    fallbacks: list[dict[str, list[str]]] = []
+    longest_walk = 1
+    for action, available in strategies.items():
+        for strategy in available:
+            targets = [
+                group_name(action, s) for s in _fallback_strategies(strategy, fallback_strategy, available)
+            ]
+            if targets:
+                fallbacks.append({group_name(action, strategy): targets})
+            walk = chain_sizes[group_name(action, strategy)] + sum(chain_sizes[t] for t in targets)
+            longest_walk = max(longest_walk, walk)
+
+    return {
+        "model_list": model_list,
+        "router_settings": {
+            "num_retries": max_attempts - 1,
+            "retry_after": 0,
+            "disable_cooldowns": True,
+            "fallbacks": fallbacks,
+            # Each model after the first is one fallback hop; allow the longest walk there is.
+            "max_fallbacks": max(longest_walk - 1, 1),
+            "timeout": timeout_s,
+            # A bare action name means its default strategy (`model="video_analysis"`).
+            "model_group_alias": {action: group_name(action, DEFAULT_STRATEGY) for action in strategies},
+        },
+    }
+
+
+def compile_proxy_config(
+    registry: Registry,
+    *,
+    max_attempts: int = 2,
+    fallback_strategy: str | None = None,
+    timeout_s: float = 600.0,
+) -> dict[str, Any]:
+    """The LiteLLM proxy config: router config plus the course_llm logger and the master key."""
+    router = compile_router_config(
+        registry, max_attempts=max_attempts, fallback_strategy=fallback_strategy, timeout_s=timeout_s
+    )
+    return {
+        "model_list": router["model_list"],
+        "router_settings": router["router_settings"],
+        "litellm_settings": {
+            "callbacks": [PROXY_CALLBACK],
+            # Parameters a provider does not support (e.g. response_format on some models) are
+            # dropped rather than failing the attempt.
+            "drop_params": True,
+        },
+        "general_settings": {"master_key": MASTER_KEY_REF},
+    }
+
+
+def render_proxy_config(config: dict[str, Any], source: str) -> str:
+    """The proxy config as YAML text, with a header naming the registry it came from."""
+    import yaml
+
+    header = (
+        f"# Generated by `course-llm compile` from {source}. Do not edit: change the registry and\n"
+        "# run `make compile`. tests/test_compiler.py fails when this file and the registry drift.\n"
+    )
+    return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=100)

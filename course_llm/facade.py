@@ -1,0 +1,357 @@
+"""The Python facade: ask for an action and a strategy, get an answer and what it cost.
+
+`create_model_router(settings, session_factory)` loads the registry, compiles it into a LiteLLM
+Router and installs a CallLogger whose rows go to a background RecordWriter (when a session
+factory is given). Routing, retries and fallbacks are LiteLLM's, configured by the compiler; this
+module turns a request into a Router call and the outcome into an LLMResponse or an error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import structlog
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from course_llm._litellm import add_callback, flush_logging_worker, load_litellm, remove_callback
+from course_llm.callback import EXTRA_KEY, ROUTER_TAG, CallLogger
+from course_llm.compiler import compile_router_config, group_name, parse_deployment_id
+from course_llm.errors import (
+    AllModelsFailedError,
+    FailedAttempt,
+    StructuredOutputError,
+    UnknownActionError,
+    UnknownProviderError,
+)
+from course_llm.records import CallRecord, new_id, utcnow
+from course_llm.registry import DEFAULT_STRATEGY, Registry, load_registry
+from course_llm.scope import current_scope
+from course_llm.settings import Settings
+from course_llm.writer import RecordWriter
+
+log = structlog.get_logger()
+
+T = TypeVar("T", bound=BaseModel)
+Prompt = str | Sequence[Mapping[str, Any]]
+
+_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class LLMResponse:
+    """The answer to one request. `latency_ms` is the whole request, fallbacks included."""
+
+    content: str
+    provider: str
+    model_id: str
+    tokens_in: int | None
+    tokens_out: int | None
+    latency_ms: float
+    cost_usd: float | None
+    action: str
+    strategy: str
+    served_strategy: str
+    request_id: str
+    finished_at: datetime
+    parsed: Any = None
+
+
+def _messages(prompt: Prompt, system_prompt: str | None) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    if isinstance(prompt, str):
+        messages.append({"role": "user", "content": prompt})
+    else:
+        messages.extend(dict(m) for m in prompt)
+    return messages
+
+
+def _failed_attempt(record: CallRecord) -> FailedAttempt:
+    return FailedAttempt(
+        attempt=record.attempt,
+        model_id=record.model_id,
+        provider=record.provider,
+        served_strategy=record.served_strategy,
+        status_code=record.status_code,
+        error_class=record.error_class or "",
+        message=record.error_message or "",
+    )
+
+
+class ModelRouter:
+    """Routes requests by action and strategy. Use as `async with create_model_router(...) as r:`."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        writer: RecordWriter | None = None,
+        max_attempts: int = 2,
+        fallback_strategy: str | None = None,
+        timeout_s: float = 600.0,
+    ) -> None:
+        if fallback_strategy is not None:
+            known = {strategy for _, strategy, _ in registry.chains()}
+            if fallback_strategy not in known:
+                raise UnknownActionError("*", fallback_strategy, sorted(known))
+        self.registry = registry
+        self._litellm = load_litellm()
+        self._writer = writer
+        self._max_attempts = max_attempts
+        self._fallback_strategy = fallback_strategy
+        self._timeout_s = timeout_s
+        self._disabled: frozenset[str] = frozenset()
+        self._tag = f"router-{uuid.uuid4().hex}"
+        self._failures: dict[str, list[CallRecord]] = {}
+        self._logger = CallLogger(self._on_record, source="sdk", router_tag=self._tag)
+        self._router, self._groups = self._build_router()
+        self._closed = False
+        add_callback(self._logger)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Deliver every pending log row, then detach from LiteLLM. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        await flush_logging_worker()
+        remove_callback(self._logger)
+        self._router.discard()
+        if self._writer is not None:
+            await self._writer.aclose()
+
+    async def flush(self) -> None:
+        """Wait until every row of the calls made so far is written (or spooled)."""
+        await flush_logging_worker()
+        if self._writer is not None:
+            await self._writer.flush()
+
+    @property
+    def logger(self) -> CallLogger:
+        return self._logger
+
+    # -- providers -------------------------------------------------------------------------------
+
+    def _build_router(self) -> tuple[Any, frozenset[str]]:
+        config = compile_router_config(
+            self.registry,
+            max_attempts=self._max_attempts,
+            fallback_strategy=self._fallback_strategy,
+            timeout_s=self._timeout_s,
+            disabled_providers=self._disabled,
+        )
+        groups = frozenset(d["model_name"] for d in config["model_list"])
+        return self._litellm.Router(model_list=config["model_list"], **config["router_settings"]), groups
+
+    def _set_disabled(self, disabled: frozenset[str]) -> None:
+        if disabled == self._disabled:
+            return
+        old = self._router
+        self._disabled = disabled
+        self._router, self._groups = self._build_router()
+        old.discard()  # requests already running on it finish normally
+        log.info("providers_changed", disabled=sorted(disabled))
+
+    def _check_provider(self, name: str) -> None:
+        known = sorted({m.provider for m in self.registry.models.values()})
+        if name not in known:
+            raise UnknownProviderError(name, known)
+
+    def disable_provider(self, name: str) -> None:
+        """Take every model of `name` out of every chain until `enable_provider(name)`."""
+        self._check_provider(name)
+        self._set_disabled(self._disabled | {name})
+
+    def enable_provider(self, name: str) -> None:
+        self._check_provider(name)
+        self._set_disabled(self._disabled - {name})
+
+    @property
+    def disabled_providers(self) -> frozenset[str]:
+        return self._disabled
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def _on_record(self, record: CallRecord) -> None:
+        if not record.success and (bucket := self._failures.get(record.request_id)) is not None:
+            bucket.append(record)
+        if self._writer is not None:
+            self._writer.submit(record)
+
+    def _entry_group(self, action: str, strategy: str) -> str | None:
+        """The first group that still has models: requested, then default, then the fallback."""
+        candidates = [strategy, DEFAULT_STRATEGY, self._fallback_strategy]
+        for candidate in candidates:
+            if candidate and group_name(action, candidate) in self._groups:
+                return group_name(action, candidate)
+        return None
+
+    async def complete(
+        self,
+        action: str,
+        prompt: Prompt,
+        *,
+        strategy: str = DEFAULT_STRATEGY,
+        system_prompt: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        **params: Any,
+    ) -> LLMResponse:
+        """Answer `prompt` (text, or a list of chat messages) with the chain for action×strategy.
+
+        Extra keyword arguments (temperature, max_tokens, …) go to the model. `metadata` is stored
+        with every row of the request. Raises UnknownActionError before any HTTP request, and
+        AllModelsFailedError, carrying every failed attempt, when no model answered.
+        """
+        if self._closed:
+            raise RuntimeError("this ModelRouter is closed")
+        self.registry.chain_ids(action, strategy)  # UnknownActionError before anything is sent
+        request_id = str(new_id())
+        group = self._entry_group(action, strategy)
+        if group is None:
+            reason = f"every model is disabled (providers: {', '.join(sorted(self._disabled))})"
+            raise AllModelsFailedError(action, strategy, request_id, [], reason=reason)
+        scope = current_scope()
+        call_metadata: dict[str, Any] = {
+            ROUTER_TAG: self._tag,
+            "original_model_group": group_name(action, strategy),
+            "tenant_id": scope.tenant_id,
+            "operation": scope.operation,
+            "tags": dict(scope.tags),
+            EXTRA_KEY: dict(metadata or {}),
+        }
+        if scope.end_user is not None:
+            params.setdefault("user", scope.end_user)
+        params.setdefault("drop_params", True)
+        failures = self._failures[request_id] = []
+        started = time.perf_counter()
+        try:
+            response = await self._router.acompletion(
+                model=group,
+                messages=_messages(prompt, system_prompt),
+                metadata=call_metadata,  # a fresh dict per call: the Router mutates it
+                litellm_trace_id=request_id,
+                **params,
+            )
+        except Exception as exc:
+            attempts = [_failed_attempt(r) for r in failures]
+            raise AllModelsFailedError(action, strategy, request_id, attempts, reason=str(exc)) from exc
+        finally:
+            self._failures.pop(request_id, None)
+        return self._response(response, action, strategy, request_id, started)
+
+    def _response(
+        self, response: Any, action: str, strategy: str, request_id: str, started: float
+    ) -> LLMResponse:
+        hidden = getattr(response, "_hidden_params", {}) or {}
+        _, served_strategy, model_id = parse_deployment_id(str(hidden.get("model_id") or "")) or ("", "", "")
+        model = self.registry.models.get(model_id)
+        usage = getattr(response, "usage", None)
+        tokens_in = getattr(usage, "prompt_tokens", None)
+        tokens_out = getattr(usage, "completion_tokens", None)
+        return LLMResponse(
+            content=response.choices[0].message.content or "",
+            provider=model.provider if model else str(hidden.get("custom_llm_provider") or ""),
+            model_id=model_id,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            cost_usd=model.estimate_cost(tokens_in, tokens_out) if model else None,
+            action=action,
+            strategy=strategy,
+            served_strategy=served_strategy,
+            request_id=request_id,
+            finished_at=utcnow(),
+        )
+
+    async def complete_structured(
+        self,
+        action: str,
+        prompt: Prompt,
+        schema: type[T],
+        *,
+        strategy: str = DEFAULT_STRATEGY,
+        system_prompt: str | None = None,
+        **params: Any,
+    ) -> LLMResponse:
+        """Like `complete`, but the answer must be JSON fitting `schema`; `.parsed` holds it.
+
+        Raises StructuredOutputError carrying the raw text when the answer does not validate.
+        """
+        instruction = (
+            "Reply with a single JSON object and nothing else. It must validate against this "
+            f"JSON Schema:\n{json.dumps(schema.model_json_schema(), separators=(',', ':'))}"
+        )
+        system = f"{system_prompt}\n\n{instruction}" if system_prompt else instruction
+        params.setdefault("response_format", {"type": "json_object"})
+        response = await self.complete(action, prompt, strategy=strategy, system_prompt=system, **params)
+        text = response.content
+        match = _FENCE.match(text)
+        try:
+            parsed = schema.model_validate_json(match.group(1) if match else text)
+        except ValidationError as exc:
+            detail = exc.errors()[0]["msg"] if exc.errors() else str(exc)
+            raise StructuredOutputError(text, schema.__name__, detail, response.request_id) from exc
+        return replace(response, parsed=parsed)
+
+
+def create_model_router(
+    settings: Settings | None = None,
+    session_factory: async_sessionmaker[AsyncSession] | None = None,
+    *,
+    max_attempts: int | None = None,
+    fallback_strategy: str | None = None,
+    registry: Registry | None = None,
+) -> ModelRouter:
+    """A ModelRouter over `settings.registry_path`; with a session factory every attempt is logged.
+
+    `max_attempts` and `fallback_strategy` default to the settings' values (2 and none).
+    """
+    settings = settings or Settings()
+    writer = (
+        RecordWriter(session_factory, spool_path=settings.spool_path, max_queue=settings.log_queue_size)
+        if session_factory is not None
+        else None
+    )
+    return ModelRouter(
+        registry or load_registry(settings.registry_path),
+        writer=writer,
+        max_attempts=max_attempts if max_attempts is not None else settings.max_attempts,
+        fallback_strategy=fallback_strategy if fallback_strategy is not None else settings.fallback_strategy,
+        timeout_s=settings.request_timeout_s,
+    )
+
+
+async def complete(
+    action: str, prompt: Prompt, strategy: str = DEFAULT_STRATEGY, **params: Any
+) -> LLMResponse:
+    """One call over a router built from `Settings()`, logged to its database, rows flushed on return.
+
+    Convenient for scripts; an application making many calls should keep one router open instead.
+    """
+    from course_llm.db import create_session_factory, dispose_session_factory, upgrade_database_async
+
+    settings = Settings()
+    await upgrade_database_async(settings.database_url)
+    session_factory = create_session_factory(settings.database_url)
+    try:
+        async with create_model_router(settings, session_factory) as router:
+            return await router.complete(action, prompt, strategy=strategy, **params)
+    finally:
+        await dispose_session_factory(session_factory)

@@ -1,0 +1,100 @@
+"""CallRecord: one llm_calls row as plain data, shared by the callback, the writer and `db/`.
+
+Kept free of LiteLLM and SQLAlchemy so the mapping from LiteLLM payloads can be tested as a pure
+function and the writer can spool rows to a file as JSON while the database is away.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from uuid6 import uuid7
+
+Source = Literal["sdk", "proxy", "direct"]
+
+#: Longest error message kept in a row; the rest is cut with a marker.
+MAX_ERROR_MESSAGE = 2000
+
+_SECRET_PATTERNS = [
+    # Provider keys: OpenAI/DeepSeek/Anthropic (sk-…), Google (AIza…), bearer tokens, key params.
+    re.compile(r"sk-[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"AIza[0-9A-Za-z_\-]{20,}"),
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]{8,}"),
+    re.compile(
+        r"(?i)((?:api[_-]?key|x-api-key|x-goog-api-key|key|token)[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,}]{6,}"
+    ),
+]
+
+
+def new_id() -> uuid.UUID:
+    """A time-ordered UUID (uuid7) for row ids and request ids."""
+    return uuid.UUID(bytes=uuid7().bytes)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def redact(message: str, limit: int = MAX_ERROR_MESSAGE) -> str:
+    """The message with credentials masked and its length capped."""
+    for pattern in _SECRET_PATTERNS:
+        if pattern.groups:
+            message = pattern.sub(lambda m: m.group(1) + "[REDACTED]", message)
+        else:
+            message = pattern.sub("[REDACTED]", message)
+    if len(message) > limit:
+        message = message[: limit - 15] + "… [truncated]"
+    return message
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """One attempt of one LLM request: the llm_calls columns (DESIGN.md, "The llm_calls table")."""
+
+    request_id: str
+    attempt: int
+    action: str
+    strategy: str
+    served_strategy: str
+    provider: str
+    model_id: str
+    success: bool
+    source: Source
+    created_at: datetime = field(default_factory=utcnow)
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    latency_ms: float | None = None
+    cost_usd: float | None = None
+    status_code: int | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+    stream: bool = False
+    cache_hit: bool = False
+    tenant_id: str | None = None
+    operation: str | None = None
+    end_user: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    id: uuid.UUID = field(default_factory=new_id)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Column name → value, ready for an INSERT."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-safe form (for the spool file); `from_json` reverses it."""
+        data = self.as_dict()
+        data["id"] = str(self.id)
+        data["created_at"] = self.created_at.isoformat()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CallRecord:
+        values = dict(data)
+        values["id"] = uuid.UUID(values["id"])
+        values["created_at"] = datetime.fromisoformat(values["created_at"])
+        return cls(**values)

@@ -1,0 +1,162 @@
+"""track_llm_call: record an LLM call made outside LiteLLM (a direct openai/anthropic SDK call).
+
+    async with track_llm_call(provider="openai", model_id="gpt-4o-mini", action="text_processing") as call:
+        response = await client.chat.completions.create(...)
+        call.record_usage(response)          # or: call.tokens_in = …; call.tokens_out = …
+
+The row lands in llm_calls with `source="direct"`, attributed from `call_scope`, priced from the
+registry when the model is known and no `cost_usd` was given. An exception inside the block is
+recorded as a failed call and re-raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from course_llm.errors import RegistryError
+from course_llm.records import CallRecord, new_id, redact, utcnow
+from course_llm.registry import DEFAULT_STRATEGY, load_registry
+from course_llm.scope import current_scope
+from course_llm.settings import Settings
+from course_llm.writer import RecordWriter
+
+if TYPE_CHECKING:
+    from course_llm.db import SessionFactory
+
+log = structlog.get_logger()
+
+#: How long leaving the block may wait for the row to be written before leaving it to the
+#: background writer (which spools it if the database is down).
+FLUSH_WAIT_S = 2.0
+
+_writers: weakref.WeakKeyDictionary[Any, RecordWriter] = weakref.WeakKeyDictionary()
+_default_factories: dict[str, SessionFactory] = {}
+
+
+@dataclass
+class TrackedCall:
+    """What the block tells about its call. Unset token counts are stored as unknown (null)."""
+
+    provider: str
+    model_id: str
+    action: str
+    request_id: str
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cost_usd: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def record_usage(self, response: Any) -> None:
+        """Take token counts from an OpenAI (prompt/completion_tokens) or Anthropic response."""
+        usage = response.get("usage") if isinstance(response, Mapping) else getattr(response, "usage", None)
+        if usage is None:
+            return
+
+        def read(*names: str) -> int | None:
+            for name in names:
+                value = usage.get(name) if isinstance(usage, Mapping) else getattr(usage, name, None)
+                if isinstance(value, int):
+                    return value
+            return None
+
+        self.tokens_in = read("prompt_tokens", "input_tokens")
+        self.tokens_out = read("completion_tokens", "output_tokens")
+
+
+def _registry_price(model_id: str, tokens_in: int | None, tokens_out: int | None) -> float | None:
+    try:
+        model = load_registry(Settings().registry_path).models.get(model_id)
+    except RegistryError:
+        return None
+    if model is None or (tokens_in is None and tokens_out is None):
+        return None
+    return model.estimate_cost(tokens_in, tokens_out)
+
+
+async def _default_session_factory() -> SessionFactory:
+    from course_llm.db import create_session_factory, upgrade_database_async
+
+    url = Settings().database_url
+    if url not in _default_factories:
+        await upgrade_database_async(url)
+        _default_factories[url] = create_session_factory(url)
+    return _default_factories[url]
+
+
+def _writer_for(session_factory: SessionFactory) -> RecordWriter:
+    writer = _writers.get(session_factory)
+    if writer is None:
+        settings = Settings()
+        writer = RecordWriter(
+            session_factory, spool_path=settings.spool_path, max_queue=settings.log_queue_size
+        )
+        _writers[session_factory] = writer
+    return writer
+
+
+@asynccontextmanager
+async def track_llm_call(
+    *,
+    provider: str,
+    model_id: str,
+    action: str,
+    strategy: str = DEFAULT_STRATEGY,
+    session_factory: SessionFactory | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> AsyncIterator[TrackedCall]:
+    """Record the call made inside the block as one llm_calls row (`source="direct"`)."""
+    factory = session_factory or await _default_session_factory()
+    call = TrackedCall(provider, model_id, action, str(new_id()), metadata=dict(metadata or {}))
+    scope = current_scope()
+    started_at = utcnow()
+    started = time.perf_counter()
+    error: BaseException | None = None
+    try:
+        yield call
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        cost = call.cost_usd
+        if cost is None and error is None:
+            cost = _registry_price(model_id, call.tokens_in, call.tokens_out)
+        extra = dict(call.metadata)
+        if scope.tags:
+            extra["tags"] = dict(scope.tags)
+        record = CallRecord(
+            request_id=call.request_id,
+            attempt=1,
+            created_at=started_at,
+            action=action,
+            strategy=strategy,
+            served_strategy=strategy,
+            provider=provider,
+            model_id=model_id,
+            tokens_in=call.tokens_in,
+            tokens_out=call.tokens_out,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            cost_usd=cost,
+            success=error is None,
+            status_code=getattr(error, "status_code", None) if error is not None else None,
+            error_class=type(error).__name__ if error is not None else None,
+            error_message=redact(str(error)) if error is not None else None,
+            tenant_id=scope.tenant_id,
+            operation=scope.operation,
+            end_user=scope.end_user,
+            source="direct",
+            metadata=extra,
+        )
+        writer = _writer_for(factory)
+        writer.submit(record)
+        try:
+            await asyncio.wait_for(asyncio.shield(writer.flush()), FLUSH_WAIT_S)
+        except TimeoutError:
+            log.warning("llm_call_write_pending", request_id=call.request_id, pending=writer.pending)

@@ -1,0 +1,445 @@
+"""A fake LLM upstream for tests and benchmarks.
+
+A small ASGI server on 127.0.0.1 that speaks enough of the OpenAI Chat Completions, Anthropic Messages
+and Gemini generateContent HTTP APIs (plain and streamed) for LiteLLM to call it, and that tests can
+tell, per model, to fail with given statuses, to be slow, or what to answer.
+
+In-process (pytest, benchmarks)::
+
+    with FakeUpstream() as up:
+        up.set_behaviour("m", statuses=[500, 200])
+        await litellm.acompletion(model="openai/m", api_base=up.base_url, api_key="x", messages=...)
+        assert up.hits("m") == 2
+
+As its own process (end-to-end tests): ``python tests/fake_upstream.py --port 0`` prints
+``READY <port>`` once it listens; drive it with ``FakeUpstream.attach(port)``.
+
+Pointing LiteLLM at it: ``openai/<m>`` with ``api_base=up.base_url`` (``.../v1``); ``anthropic/<m>``
+with ``api_base=up.anthropic_base_url`` (the root: LiteLLM appends ``/v1/messages``); ``gemini/<m>``
+with ``api_base=up.gemini_base_url`` (``.../v1beta``: LiteLLM appends ``/models/<m>:generateContent``).
+
+Control API: ``POST /_control/behaviour`` ``{"model", "statuses", "delay_ms", "reply", "json_reply"}``
+(the statuses are answered in order, the last one repeats; model ``"*"`` is the fallback for models
+with no behaviour of their own), ``POST /_control/reset``, ``GET /_control/requests[?model=m]``.
+A model whose name contains ``fail-<code>`` always answers that status, with no setup.
+Token counts are estimates: ``max(1, characters // 4)`` of the prompt texts and of the reply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+FAIL_IN_NAME = re.compile(r"fail-(\d{3})")
+AUTH_HEADERS = ("authorization", "x-api-key", "x-goog-api-key")
+_OPENAI_ERRORS = {400: "invalid_request_error", 401: "invalid_api_key", 403: "permission_denied"}
+_OPENAI_ERRORS |= {404: "model_not_found", 429: "rate_limit_exceeded"}
+_ANTHROPIC_ERRORS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error"}
+_ANTHROPIC_ERRORS |= {404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error"}
+_ANTHROPIC_ERRORS |= {529: "overloaded_error"}
+_GEMINI_ERRORS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED"}
+_GEMINI_ERRORS |= {404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+
+def estimate_tokens(text: str) -> int:
+    """The fake's token count for a text: a quarter of its characters, at least 1."""
+    return max(1, len(text) // 4)
+
+
+def _text_of(content: Any) -> str:
+    """The text of a content field: a string, or a list of parts (OpenAI, Anthropic or Gemini)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(_text_of(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""
+
+
+def _pieces(text: str) -> list[str]:
+    """The reply cut into word-sized streaming deltas (several chunks for any multi-word reply)."""
+    return re.findall(r"\S+\s*|\s+", text) or [""]
+
+
+@dataclass
+class Behaviour:
+    statuses: list[int] = field(default_factory=lambda: [200])
+    delay_ms: float = 0
+    reply: str | None = None
+    json_reply: str | None = None
+
+
+class FakeState:
+    """What the server was told and what it received; touched only from the server's event loop."""
+
+    def __init__(self) -> None:
+        self.behaviours: dict[str, Behaviour] = {}
+        self.requests: list[dict[str, Any]] = []
+
+    def record(
+        self, request: Request, provider: str | None, model: str, body: dict[str, Any], status: int
+    ) -> None:
+        stream = bool(body.get("stream")) or "stream" in request.url.path.lower()  # Gemini: in the path
+        auth = any(name in request.headers for name in AUTH_HEADERS)
+        entry = {"provider": provider, "model": model, "path": request.url.path, "status": status}
+        self.requests.append(entry | {"stream": stream, "auth": auth, "body": body, "time": time.time()})
+
+    async def answer(
+        self, request: Request, provider: str, model: str, body: dict[str, Any], wants_json: bool
+    ) -> tuple[int, str, bool]:
+        """(status, reply text, whether the reply is the configured JSON) for this request, recorded."""
+        behaviour = self.behaviours.get(model) or self.behaviours.get("*") or Behaviour()
+        if match := FAIL_IN_NAME.search(model):
+            status = int(match.group(1))
+        else:
+            status = behaviour.statuses.pop(0) if len(behaviour.statuses) > 1 else behaviour.statuses[0]
+        self.record(request, provider, model, body, status)
+        if behaviour.delay_ms:
+            await asyncio.sleep(behaviour.delay_ms / 1000)
+        if wants_json and behaviour.json_reply is not None:
+            return status, behaviour.json_reply, True
+        return status, behaviour.reply or f"fake answer from {model}", False
+
+
+def _error(provider: str, status: int, model: str) -> JSONResponse:
+    message = f"fake upstream answered {status} for model {model!r}"
+    if provider == "anthropic":
+        kind = _ANTHROPIC_ERRORS.get(status, "api_error")
+        body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
+    elif provider == "gemini":
+        kind = _GEMINI_ERRORS.get(status, "INTERNAL")
+        body = {"error": {"code": status, "message": message, "status": kind}}
+    else:
+        kind = _OPENAI_ERRORS.get(status, "server_error")
+        body = {"error": {"message": message, "type": kind, "param": None, "code": kind}}
+    return JSONResponse(body, status_code=status)
+
+
+def _sse(events: Iterable[str]) -> StreamingResponse:
+    async def gen() -> AsyncIterator[str]:
+        for event in events:
+            yield event
+
+    return StreamingResponse(gen(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    return body if isinstance(body, dict) else {}
+
+
+def _state(request: Request) -> FakeState:
+    state: FakeState = request.app.state.fake
+    return state
+
+
+async def openai_chat(request: Request) -> Response:
+    body = await _body(request)
+    model, stream = str(body.get("model", "")), bool(body.get("stream"))
+    wants_json = (body.get("response_format") or {}).get("type") in ("json_object", "json_schema")
+    status, reply, _ = await _state(request).answer(request, "openai", model, body, wants_json)
+    if status != 200:
+        return _error("openai", status, model)
+    prompt = estimate_tokens("".join(_text_of(m.get("content")) for m in body.get("messages", [])))
+    completion = estimate_tokens(reply)
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model}
+    head["system_fingerprint"] = "fp_fake"
+    if not stream:
+        message = {"role": "assistant", "content": reply, "refusal": None}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
+        return JSONResponse({**head, "object": "chat.completion", "choices": [choice], "usage": usage})
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    head |= {"object": "chat.completion.chunk"}
+    tail: dict[str, Any] = {"usage": None} if include_usage else {}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {**head, "choices": [choice], **tail}
+
+    chunks = [chunk({"role": "assistant", "content": ""})]
+    chunks += [chunk({"content": piece}) for piece in _pieces(reply)] + [chunk({}, "stop")]
+    if include_usage:
+        chunks.append({**head, "choices": [], "usage": usage})
+    return _sse([f"data: {json.dumps(c)}\n\n" for c in chunks] + ["data: [DONE]\n\n"])
+
+
+async def anthropic_messages(request: Request) -> Response:
+    body = await _body(request)
+    model, stream = str(body.get("model", "")), bool(body.get("stream"))
+    # LiteLLM asks for JSON with a forced "json_tool_call" tool, or natively with output_format.
+    json_tool = any(t.get("name") == "json_tool_call" for t in body.get("tools") or [] if isinstance(t, dict))
+    native_json = bool(body.get("output_format") or (body.get("output_config") or {}).get("format"))
+    status, reply, is_json = await _state(request).answer(
+        request, "anthropic", model, body, json_tool or native_json
+    )
+    if status != 200:
+        return _error("anthropic", status, model)
+    prompt = _text_of(body.get("system"))
+    prompt += "".join(_text_of(m.get("content")) for m in body.get("messages", []))
+    usage = {"input_tokens": estimate_tokens(prompt), "output_tokens": estimate_tokens(reply)}
+    as_tool = is_json and json_tool and not native_json
+    block: dict[str, Any] = {"type": "text", "text": reply}
+    if as_tool:
+        block = {"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}", "name": "json_tool_call"}
+        block["input"] = json.loads(reply)
+    stop_reason = "tool_use" if as_tool else "end_turn"
+    message: dict[str, Any] = {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "model": model}
+    message["role"] = "assistant"
+    if not stream:
+        message |= {"content": [block], "stop_reason": stop_reason, "stop_sequence": None, "usage": usage}
+        return JSONResponse(message)
+    message |= {"content": [], "stop_reason": None, "stop_sequence": None}
+    message["usage"] = {"input_tokens": usage["input_tokens"], "output_tokens": 1}
+    if as_tool:
+        start = {**block, "input": {}}
+        deltas = [{"type": "input_json_delta", "partial_json": reply}]
+    else:
+        start = {"type": "text", "text": ""}
+        deltas = [{"type": "text_delta", "text": piece} for piece in _pieces(reply)]
+    events: list[dict[str, Any]] = [{"type": "message_start", "message": message}]
+    events.append({"type": "content_block_start", "index": 0, "content_block": start})
+    events += [{"type": "content_block_delta", "index": 0, "delta": delta} for delta in deltas]
+    events.append({"type": "content_block_stop", "index": 0})
+    end = {"delta": {"stop_reason": stop_reason, "stop_sequence": None}}
+    events.append({"type": "message_delta", **end, "usage": {"output_tokens": usage["output_tokens"]}})
+    events.append({"type": "message_stop"})
+    return _sse(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events)
+
+
+async def gemini_generate(request: Request) -> Response:
+    model, _, action = request.path_params["target"].partition(":")
+    if action not in ("generateContent", "streamGenerateContent"):
+        return _error("gemini", 404, model)
+    body = await _body(request)
+    stream = action == "streamGenerateContent"
+    config = body.get("generationConfig") or {}
+    wants_json = "application/json" in (config.get("responseMimeType"), config.get("response_mime_type"))
+    status, reply, _ = await _state(request).answer(request, "gemini", model, body, wants_json)
+    if status != 200:
+        return _error("gemini", status, model)
+    prompt = _text_of((body.get("systemInstruction") or {}).get("parts"))
+    prompt += "".join(_text_of(c.get("parts")) for c in body.get("contents", []))
+    prompt_tokens, reply_tokens = estimate_tokens(prompt), estimate_tokens(reply)
+    usage = {"promptTokenCount": prompt_tokens, "candidatesTokenCount": reply_tokens}
+    usage["totalTokenCount"] = prompt_tokens + reply_tokens
+    rid = uuid.uuid4().hex[:20]
+
+    def response(text: str, last: bool) -> dict[str, Any]:
+        candidate: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}
+        if last:
+            candidate["finishReason"] = "STOP"
+        shown = usage if last else {"promptTokenCount": prompt_tokens}
+        return {"candidates": [candidate], "usageMetadata": shown, "modelVersion": model, "responseId": rid}
+
+    if not stream:
+        return JSONResponse(response(reply, last=True))
+    pieces = _pieces(reply)
+    return _sse(f"data: {json.dumps(response(p, i == len(pieces) - 1))}\n\n" for i, p in enumerate(pieces))
+
+
+async def control_behaviour(request: Request) -> Response:
+    body = await _body(request)
+    if not isinstance(body.get("model"), str):
+        return JSONResponse({"error": "a JSON object with a string 'model' is required"}, status_code=400)
+    json_reply = body.get("json_reply")
+    if json_reply is not None and not isinstance(json_reply, str):
+        json_reply = json.dumps(json_reply)
+    statuses = [int(s) for s in body.get("statuses") or [200]]
+    behaviour = Behaviour(statuses, float(body.get("delay_ms") or 0), body.get("reply"), json_reply)
+    _state(request).behaviours[body["model"]] = behaviour
+    return JSONResponse({"ok": True})
+
+
+async def control_reset(request: Request) -> Response:
+    request.app.state.fake = FakeState()
+    return JSONResponse({"ok": True})
+
+
+async def control_requests(request: Request) -> Response:
+    model = request.query_params.get("model")
+    return JSONResponse([r for r in _state(request).requests if model is None or r["model"] == model])
+
+
+async def unknown_route(request: Request) -> Response:
+    """Recorded too, so that a test pointing LiteLLM at the wrong base sees which path it asked for."""
+    body = await _body(request) if request.method == "POST" else {}
+    _state(request).record(request, None, str(body.get("model", "")), body, 404)
+    message = f"fake upstream has no route {request.method} {request.url.path}"
+    return JSONResponse(
+        {"error": {"message": message, "type": "not_found", "code": "not_found"}}, status_code=404
+    )
+
+
+def create_app() -> Starlette:
+    routes = [
+        Route("/v1/chat/completions", openai_chat, methods=["POST"]),
+        Route("/chat/completions", openai_chat, methods=["POST"]),
+        Route("/v1/messages", anthropic_messages, methods=["POST"]),
+        Route("/messages", anthropic_messages, methods=["POST"]),
+        Route("/v1beta/models/{target}", gemini_generate, methods=["POST"]),
+        Route("/v1alpha/models/{target}", gemini_generate, methods=["POST"]),
+        Route("/_control/behaviour", control_behaviour, methods=["POST"]),
+        Route("/_control/reset", control_reset, methods=["POST"]),
+        Route("/_control/requests", control_requests, methods=["GET"]),
+        Route("/_control/health", lambda _: JSONResponse({"ok": True}), methods=["GET"]),
+        Route("/{path:path}", unknown_route, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+    ]
+    app = Starlette(routes=routes)
+    app.state.fake = FakeState()
+    return app
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    return sock
+
+
+def _server() -> uvicorn.Server:
+    config = uvicorn.Config(create_app(), log_level="warning", access_log=False, lifespan="off")
+    config.timeout_graceful_shutdown = 2
+    return uvicorn.Server(config)
+
+
+class FakeUpstream:
+    """The fake upstream in a background thread on a free 127.0.0.1 port (or attached to a running one)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host, self.port = host, port
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._client: httpx.Client | None = None
+
+    @classmethod
+    def attach(cls, port: int, host: str = "127.0.0.1") -> FakeUpstream:
+        """A controller for a fake already running as its own process; stop() leaves that process alone."""
+        upstream = cls(host, port)
+        upstream._client = httpx.Client(base_url=upstream.root_url, timeout=10, trust_env=False)
+        return upstream
+
+    def start(self) -> FakeUpstream:
+        sock = _listen(self.host, self.port)
+        self.port = sock.getsockname()[1]
+        self._server = server = _server()
+        self._thread = threading.Thread(target=server.run, args=([sock],), name="fake-upstream", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the fake upstream did not start")
+            time.sleep(0.005)
+        self._client = httpx.Client(base_url=self.root_url, timeout=10, trust_env=False)
+        return self
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+            self._server = self._thread = None
+
+    def __enter__(self) -> FakeUpstream:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def root_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """For OpenAI clients and LiteLLM ``openai/<model>``."""
+        return f"{self.root_url}/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        """For LiteLLM ``anthropic/<model>`` (it appends /v1/messages) and the Anthropic SDK."""
+        return self.root_url
+
+    @property
+    def gemini_base_url(self) -> str:
+        """For LiteLLM ``gemini/<model>`` (it appends /models/<model>:generateContent)."""
+        return f"{self.root_url}/v1beta"
+
+    def _control(self) -> httpx.Client:
+        if self._client is None:
+            raise RuntimeError("the fake upstream is not running: use start(), a with block, or attach()")
+        return self._client
+
+    def set_behaviour(
+        self,
+        model: str,
+        statuses: Sequence[int] = (200,),
+        delay_ms: float = 0,
+        reply: str | None = None,
+        json_reply: Any = None,
+    ) -> None:
+        """The next requests for ``model`` (``"*"``: any model without its own) answer ``statuses`` in
+        order, the last one repeating, each after ``delay_ms``; ``reply`` is the text of a success,
+        ``json_reply`` (a str or JSON-able value) the text when the request asks for JSON output."""
+        payload = {"model": model, "statuses": list(statuses), "delay_ms": delay_ms, "reply": reply}
+        payload["json_reply"] = json_reply
+        self._control().post("/_control/behaviour", json=payload).raise_for_status()
+
+    def reset(self) -> None:
+        """Forget every behaviour and every recorded request."""
+        self._control().post("/_control/reset").raise_for_status()
+
+    def requests(self, model: str | None = None) -> list[dict[str, Any]]:
+        """The requests received, oldest first: provider, model, path, status, stream, auth, body, time."""
+        params = {"model": model} if model is not None else {}
+        response = self._control().get("/_control/requests", params=params)
+        response.raise_for_status()
+        result: list[dict[str, Any]] = response.json()
+        return result
+
+    def hits(self, model: str) -> int:
+        return len(self.requests(model))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the fake LLM upstream; prints 'READY <port>'.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    args = parser.parse_args(argv)
+    sock = _listen(args.host, args.port)
+    server = _server()
+
+    async def serve() -> None:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.005)
+        if server.started:
+            print(f"READY {sock.getsockname()[1]}", flush=True)
+        await task
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

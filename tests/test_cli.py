@@ -1,0 +1,50 @@
+"""The course-llm command line: exit codes and output, through Typer's CliRunner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from course_llm.cli import app
+
+runner = CliRunner()
+ROOT = Path(__file__).parent.parent
+
+
+def test_check_prints_every_chain_and_exits_zero() -> None:
+    result = runner.invoke(app, ["check", "--registry", str(ROOT / "config" / "models.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "registry OK" in result.output
+    assert "5 models, 4 actions" in result.output
+    assert "claude-sonnet" in result.output and "course_structuring" in result.output
+
+
+def test_check_on_a_bad_registry_prints_one_line_naming_file_and_key(tmp_path: Path) -> None:
+    data = yaml.safe_load((ROOT / "config" / "models.yaml").read_text())
+    data["routing"]["video_analysis"]["quality"][1] = "gpt-5"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["check", "--registry", str(bad)])
+    assert result.exit_code == 1
+    assert "routing.video_analysis.quality[1]: unknown model 'gpt-5'" in result.output
+    assert str(bad) in result.output.replace("\n", "")
+    assert "Traceback" not in result.output
+
+
+def test_check_on_a_missing_file_fails_cleanly(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["check", "--registry", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 1
+    assert "file not found" in result.output
+
+
+def test_compile_writes_the_proxy_config(tmp_path: Path) -> None:
+    output = tmp_path / "proxy.yaml"
+    result = runner.invoke(
+        app, ["compile", "--registry", str(ROOT / "config" / "models.yaml"), "-o", str(output)]
+    )
+    assert result.exit_code == 0, result.output
+    config = yaml.safe_load(output.read_text())
+    assert len(config["model_list"]) == 19
+    assert config["litellm_settings"]["callbacks"] == ["course_llm.proxy.callback.logger"]

@@ -1,0 +1,135 @@
+"""The compiler: a registry in, LiteLLM Router configuration out; and the checked-in proxy config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from course_llm.compiler import compile_proxy_config, compile_router_config, render_proxy_config
+from course_llm.registry import Registry, load_registry, parse_registry
+
+ROOT = Path(__file__).parent.parent
+
+SMALL: dict[str, Any] = {
+    "models": {
+        "fast": {
+            "provider": "openai",
+            "model": "gpt-fast",
+            "capabilities": ["x"],
+            "max_context": 1000,
+            "cost_per_1k": {"input": 0.0003, "output": 0.0025},
+        },
+        "smart": {
+            "provider": "anthropic",
+            "capabilities": ["x"],
+            "max_context": 1000,
+            "cost_per_1k": {"input": 0.003, "output": 0.015},
+        },
+        "cheap": {
+            "provider": "deepseek",
+            "api_base": "https://api.deepseek.com",
+            "api_key_env": "DS_KEY",
+            "capabilities": ["x"],
+            "max_context": 1000,
+            "cost_per_1k": {"input": 0.0001, "output": 0.0002},
+        },
+    },
+    "actions": {"summarise": {"requires": ["x"]}},
+    "routing": {
+        "summarise": {"default": ["fast", "cheap"], "quality": ["smart", "fast"], "budget": ["cheap"]}
+    },
+}
+
+
+@pytest.fixture
+def small() -> Registry:
+    return parse_registry(SMALL)
+
+
+def _group(config: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    return [d for d in config["model_list"] if d["model_name"] == name]
+
+
+def test_each_chain_becomes_one_group_with_ordered_deployments(small: Registry) -> None:
+    config = compile_router_config(small)
+    quality = _group(config, "summarise/quality")
+    assert [d["litellm_params"]["model"] for d in quality] == ["anthropic/smart", "openai/gpt-fast"]
+    assert [d["litellm_params"]["order"] for d in quality] == [1, 2]
+    assert [d["model_info"]["id"] for d in quality] == ["summarise/quality/smart", "summarise/quality/fast"]
+    assert {d["model_name"] for d in config["model_list"]} == {
+        "summarise/default",
+        "summarise/quality",
+        "summarise/budget",
+    }
+
+
+def test_prices_become_per_token_costs_and_keys_env_references(small: Registry) -> None:
+    cheap = _group(compile_router_config(small), "summarise/budget")[0]["litellm_params"]
+    assert cheap == {
+        "model": "deepseek/cheap",
+        "api_key": "os.environ/DS_KEY",
+        "order": 1,
+        "input_cost_per_token": 1e-07,
+        "output_cost_per_token": 2e-07,
+        "api_base": "https://api.deepseek.com",
+    }
+
+
+def test_strategies_fall_back_to_default_and_default_has_no_fallback(small: Registry) -> None:
+    settings = compile_router_config(small)["router_settings"]
+    assert settings["fallbacks"] == [
+        {"summarise/quality": ["summarise/default"]},
+        {"summarise/budget": ["summarise/default"]},
+    ]
+
+
+def test_fallback_strategy_follows_the_default_chain(small: Registry) -> None:
+    settings = compile_router_config(small, fallback_strategy="budget")["router_settings"]
+    assert settings["fallbacks"] == [
+        {"summarise/default": ["summarise/budget"]},
+        {"summarise/quality": ["summarise/default", "summarise/budget"]},
+        {"summarise/budget": ["summarise/default"]},
+    ]
+    assert settings["max_fallbacks"] == 2 + 2 + 1 - 1
+
+
+def test_retries_follow_max_attempts_and_cooldowns_are_off(small: Registry) -> None:
+    settings = compile_router_config(small, max_attempts=3)["router_settings"]
+    assert settings["num_retries"] == 2
+    assert settings["disable_cooldowns"] is True
+    assert "retry_policy" not in settings  # classification is by status code (course_llm._litellm)
+
+
+def test_max_fallbacks_allows_the_longest_walk(small: Registry) -> None:
+    # quality (2) then default (2): three hops after the first model
+    assert compile_router_config(small)["router_settings"]["max_fallbacks"] == 3
+
+
+def test_disabled_provider_leaves_every_chain_and_empty_groups_vanish(small: Registry) -> None:
+    config = compile_router_config(small, disabled_providers=frozenset({"deepseek"}))
+    assert {d["model_name"] for d in config["model_list"]} == {"summarise/default", "summarise/quality"}
+    assert all(not d["litellm_params"]["model"].startswith("deepseek/") for d in config["model_list"])
+    assert config["router_settings"]["fallbacks"] == [{"summarise/quality": ["summarise/default"]}]
+
+
+def test_max_attempts_below_one_is_refused(small: Registry) -> None:
+    with pytest.raises(ValueError, match="max_attempts"):
+        compile_router_config(small, max_attempts=0)
+
+
+def test_proxy_config_installs_the_logger_and_the_master_key(small: Registry) -> None:
+    config = compile_proxy_config(small)
+    assert config["litellm_settings"]["callbacks"] == ["course_llm.proxy.callback.logger"]
+    assert config["general_settings"]["master_key"] == "os.environ/LITELLM_MASTER_KEY"
+
+
+def test_checked_in_proxy_config_matches_the_registry() -> None:
+    """Fails when config/models.yaml changed without `make compile`."""
+    registry = load_registry(ROOT / "config" / "models.yaml")
+    expected = render_proxy_config(compile_proxy_config(registry), "config/models.yaml")
+    actual = (ROOT / "proxy_config.yaml").read_text(encoding="utf-8")
+    assert yaml.safe_load(actual) == yaml.safe_load(expected)
+    assert actual == expected, "proxy_config.yaml drifted from config/models.yaml: run `make compile`"
