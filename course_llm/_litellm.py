@@ -12,6 +12,7 @@ retried; everything else keeps LiteLLM's own decision. tests/test_routing.py pin
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from types import ModuleType
@@ -57,10 +58,24 @@ def _install_status_code_retry_rule(router_class: Any) -> None:
     router_class.should_retry_this_error = should_retry_this_error
 
 
+#: LiteLLM hands a finished call's success log to its worker from a task of this name, created
+#: with asyncio.create_task when the call returns; until it has run, the worker's queue is empty.
+_ENQUEUE_TASK = "_client_async_logging_helper"
+
+
 async def flush_logging_worker() -> None:
-    """Wait until LiteLLM's background logging worker delivered every queued success event."""
+    """Wait until LiteLLM delivered the success events of every call finished so far."""
     from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
 
+    current = asyncio.current_task()
+    enqueuing = [
+        task
+        for task in asyncio.all_tasks()
+        if task is not current and not task.done() and getattr(task.get_coro(), "__name__", "") == _ENQUEUE_TASK
+    ]
+    if enqueuing:
+        await asyncio.gather(*enqueuing, return_exceptions=True)
+    await asyncio.sleep(0)
     await GLOBAL_LOGGING_WORKER.flush()
 
 

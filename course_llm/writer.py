@@ -270,6 +270,12 @@ class RecordWriter:
         if self.spool_path.exists() or any(self.spool_path.parent.glob(self.spool_path.name + ".*.replay")):
             log.warning("llm_calls_left_in_spool", spool=str(self.spool_path), replayed_at_next_start=True)
 
+    def spooled(self) -> list[CallRecord]:
+        """Rows waiting on disk for the database (the live spool and claimed replay parts)."""
+        parts = sorted(self.spool_path.parent.glob(self.spool_path.name + ".*.replay"))
+        live = [self.spool_path] if self.spool_path.exists() else []
+        return [record for part in [*parts, *live] for record in _read(part)]
+
     def stats(self) -> dict[str, Any]:
         return {
             "pending": self.pending,

@@ -90,6 +90,11 @@ def create_engine(url: str, **engine_kwargs: Any) -> AsyncEngine:
         path = _sqlite_file(parsed)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+    if parsed.get_backend_name() == "postgresql":
+        # An unreachable server must fail fast (asyncpg waits 60 s by default), and connections
+        # that died with a server restart must be noticed before a batch is sent on them.
+        engine_kwargs.setdefault("pool_pre_ping", True)
+        engine_kwargs["connect_args"] = {"timeout": 5, **engine_kwargs.get("connect_args", {})}
     engine = create_async_engine(parsed, **engine_kwargs)
     if parsed.get_backend_name() == "sqlite":
         _configure_sqlite(engine)
