@@ -71,7 +71,9 @@ async def flush_logging_worker() -> None:
     enqueuing = [
         task
         for task in asyncio.all_tasks()
-        if task is not current and not task.done() and getattr(task.get_coro(), "__name__", "") == _ENQUEUE_TASK
+        if task is not current
+        and not task.done()
+        and getattr(task.get_coro(), "__name__", "") == _ENQUEUE_TASK
     ]
     if enqueuing:
         await asyncio.gather(*enqueuing, return_exceptions=True)

@@ -47,8 +47,9 @@ def redact(message: str, limit: int = MAX_ERROR_MESSAGE) -> str:
             message = pattern.sub(lambda m: m.group(1) + "[REDACTED]", message)
         else:
             message = pattern.sub("[REDACTED]", message)
+    marker = "… [truncated]"
     if len(message) > limit:
-        message = message[: limit - 15] + "… [truncated]"
+        message = message[: limit - len(marker)] + marker
     return message
 
 

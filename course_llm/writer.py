@@ -113,6 +113,11 @@ class RecordWriter:
         return len(self._buffer)
 
     @property
+    def busy(self) -> bool:
+        """A batch is being written right now."""
+        return self._busy
+
+    @property
     def database_available(self) -> bool:
         return self._db_down_since is None
 
