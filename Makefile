@@ -29,7 +29,7 @@ types: $(STAMP)
 
 check: lint types test
 
-bench: $(STAMP)
+bench: $(STAMP)  ## benchmarks with figures (not part of make test)
 	$(BIN)/python bench/bench_logging.py
 
 compile: $(STAMP)  ## regenerate proxy_config.yaml from config/models.yaml

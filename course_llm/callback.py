@@ -234,7 +234,9 @@ class CallLogger(CustomLogger):
         super().__init__()
         self._sink = sink
         self._source: Source = source
-        self._router_tag = router_tag
+        # Public on purpose: LiteLLM de-duplicates loggers by class and public scalar attributes,
+        # so without it a second router's logger would silently not be installed.
+        self.router_tag = router_tag
         self._max_tracked = max_tracked
         # Attempt counters per request id. Kept (LRU-bounded) after a request ends, because LiteLLM
         # may deliver a late failure event for it that must be recognised as already recorded.
@@ -245,7 +247,7 @@ class CallLogger(CustomLogger):
     # -- bookkeeping ---------------------------------------------------------------------------
 
     def _mine(self, metadata: Mapping[str, Any]) -> bool:
-        return metadata.get(ROUTER_TAG) == self._router_tag
+        return metadata.get(ROUTER_TAG) == self.router_tag
 
     def _number(self, record: CallRecord) -> None:
         attempt = self._attempts.pop(record.request_id, 0) + 1

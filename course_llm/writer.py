@@ -11,6 +11,7 @@ spool). Rows the database rejects for good (not transient) go to `<spool>.reject
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import fcntl
 import json
@@ -18,6 +19,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,6 +34,16 @@ if TYPE_CHECKING:
     from course_llm.db import SessionFactory
 
 log = structlog.get_logger()
+
+#: Every live writer, so rows still in memory when the interpreter exits (a router never closed,
+#: a cancelled task) are written to the spool instead of vanishing.
+_live_writers: weakref.WeakSet[RecordWriter] = weakref.WeakSet()
+
+
+@atexit.register
+def _spool_leftovers_at_exit() -> None:
+    for writer in list(_live_writers):
+        writer.spool_pending()
 
 
 class RecordWriter:
@@ -72,6 +84,7 @@ class RecordWriter:
         self.rows_rejected = 0
         self.rows_lost = 0
         self.write_failures = 0
+        _live_writers.add(self)
 
     # -- the hook side: never blocks ----------------------------------------------------------
 
@@ -274,6 +287,16 @@ class RecordWriter:
         self._task = None
         if self.spool_path.exists() or any(self.spool_path.parent.glob(self.spool_path.name + ".*.replay")):
             log.warning("llm_calls_left_in_spool", spool=str(self.spool_path), replayed_at_next_start=True)
+
+    def spool_pending(self) -> int:
+        """Move every row still in memory to the spool file, synchronously. Returns how many."""
+        leftovers = []
+        while self._buffer:
+            leftovers.append(self._buffer.popleft())
+        if leftovers:
+            self._spool(leftovers)
+            log.warning("llm_calls_spooled_at_exit", rows=len(leftovers), spool=str(self.spool_path))
+        return len(leftovers)
 
     def spooled(self) -> list[CallRecord]:
         """Rows waiting on disk for the database (the live spool and claimed replay parts)."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -48,3 +50,21 @@ def test_compile_writes_the_proxy_config(tmp_path: Path) -> None:
     config = yaml.safe_load(output.read_text())
     assert len(config["model_list"]) == 19
     assert config["litellm_settings"]["callbacks"] == ["course_llm.proxy.callback.logger"]
+
+
+def test_db_upgrade_migrates_the_configured_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "calls.db"
+    monkeypatch.setenv("COURSE_LLM_DATABASE_URL", f"sqlite:///{db}")
+    result = runner.invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert "up to date" in result.output
+    tables = {r[0] for r in sqlite3.connect(db).execute("select name from sqlite_master where type='table'")}
+    assert "llm_calls" in tables
+
+
+def test_db_upgrade_on_an_unreachable_database_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COURSE_LLM_DATABASE_URL", "postgresql://postgres:secret@127.0.0.1:1/nowhere")
+    result = runner.invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 1
+    assert "error:" in result.output and "Traceback" not in result.output
+    assert "secret" not in result.output

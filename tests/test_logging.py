@@ -132,6 +132,22 @@ async def test_leaving_the_router_flushes_every_pending_row(
     assert await count_calls(session_factory) == 25
 
 
+async def test_two_routers_open_at_once_each_log_their_own_rows(
+    registry: Registry, providers: ProviderMock, session_factory: Any, spool: Path, tmp_path: Path
+) -> None:
+    first = ModelRouter(registry, writer=RecordWriter(session_factory, spool_path=spool))
+    second = ModelRouter(registry, writer=RecordWriter(session_factory, spool_path=tmp_path / "other.jsonl"))
+    ids = [
+        (await first.complete("text_processing", "a")).request_id,
+        (await second.complete("video_analysis", "b")).request_id,
+    ]
+    await first.aclose()
+    await second.aclose()
+    rows = await all_rows(session_factory)
+    assert sorted(r.request_id for r in rows) == sorted(ids)
+    assert {r.source for r in rows} == {"sdk"}
+
+
 async def test_without_a_session_factory_nothing_is_logged(
     registry: Registry, providers: ProviderMock, session_factory: Any
 ) -> None:

@@ -204,3 +204,33 @@ async def test_a_row_the_database_refuses_is_set_aside_and_the_batch_survives(
     assert writer.rows_rejected == 1
     rejected = spool.with_name(spool.name + ".rejected.jsonl").read_text()
     assert "req-4" in rejected and "_rejected_because" in rejected
+
+
+def test_rows_left_in_memory_at_interpreter_exit_are_spooled(tmp_path: Path) -> None:
+    """A script that never closes its router: the rows reach the spool, then the database."""
+    import subprocess
+    import sys
+    import textwrap
+
+    spool = tmp_path / "spool.jsonl"
+    script = textwrap.dedent(
+        f"""
+        import asyncio
+        from course_llm.db import create_session_factory
+        from course_llm.writer import RecordWriter
+        from tests.test_writer import row
+
+        async def main():
+            writer = RecordWriter(create_session_factory("sqlite+aiosqlite:///{tmp_path}/x.db"),
+                                  spool_path="{spool}", flush_interval_s=3600)
+            for i in range(3):
+                writer.submit(row(i))
+            # no flush, no aclose: the process just ends
+
+        asyncio.run(main())
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    writer = RecordWriter(None, spool_path=spool)  # type: ignore[arg-type]  # only reads the spool
+    assert sorted(r.request_id for r in writer.spooled()) == ["req-0", "req-1", "req-2"]

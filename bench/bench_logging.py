@@ -1,0 +1,268 @@
+"""Benchmark the logging path: hook cost, writer throughput, and what logging adds to a call.
+
+    make bench            (or: .venv/bin/python bench/bench_logging.py [--quick])
+
+Prints three figures, each against a baseline measured in the same run:
+1. hook cost per event (µs, p50/p99): the success and failure hooks building a row and handing
+   it to the writer; baseline: an empty hook call.
+2. writer throughput (rows/s) into SQLite and PostgreSQL, from submit() to flushed.
+3. facade latency with logging on versus off against a local fake upstream (p50 ratio).
+Targets on the 2-core reference machine: hook p50 < 50 µs; >= 10,000 rows/s into PostgreSQL;
+latency ratio <= 1.05.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import asyncpg  # type: ignore[import-untyped]
+
+from course_llm.callback import CallLogger
+from course_llm.db import count_calls, create_session_factory, dispose_session_factory, upgrade_database
+from course_llm.facade import ModelRouter
+from course_llm.records import CallRecord
+from course_llm.registry import parse_registry
+from course_llm.writer import RecordWriter
+from tests.fake_upstream import FakeUpstream
+
+PG_ADMIN = os.environ.get("COURSE_LLM_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+MODEL_INFO = {
+    "id": "text_processing/default/bench-model",
+    "course_llm_provider": "openai",
+    "course_llm_cost_per_1k_input": 0.001,
+    "course_llm_cost_per_1k_output": 0.002,
+}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def success_payload(i: int) -> dict[str, Any]:
+    return {
+        "litellm_params": {
+            "metadata": {
+                "original_model_group": "text_processing/quality",
+                "tenant_id": "acme",
+                "tags": {"c": 1},
+            },
+            "model_info": MODEL_INFO,
+        },
+        "api_call_start_time": datetime.now(),
+        "litellm_trace_id": f"trace-{i}",
+        "standard_logging_object": {
+            "trace_id": f"trace-{i}",
+            "model_group": "text_processing/default",
+            "prompt_tokens": 1200,
+            "completion_tokens": 300,
+            "metadata": {},
+        },
+    }
+
+
+def failure_payload(i: int) -> dict[str, Any]:
+    return {
+        "model": "openai/bench-model",
+        "metadata": {
+            "original_model_group": "text_processing/quality",
+            "model_group": "text_processing/default",
+        },
+        "model_info": MODEL_INFO,
+        "litellm_trace_id": f"trace-f-{i}",
+        "litellm_logging_obj": SimpleNamespace(model_call_details={"api_call_start_time": datetime.now()}),
+    }
+
+
+class Upstream503(Exception):
+    status_code = 503
+
+
+async def bench_hooks(n: int) -> None:
+    print(f"\n1. hook cost per event ({n} events each; sink = RecordWriter.submit, database not touched)")
+    with tempfile.TemporaryDirectory() as tmp:
+        factory = create_session_factory(f"sqlite+aiosqlite:///{tmp}/hooks.db")  # never migrated or written
+        writer = RecordWriter(
+            factory,
+            spool_path=Path(tmp) / "spool.jsonl",
+            max_queue=n * 4,
+            batch_size=n * 4,
+            flush_interval_s=3600,
+        )
+        logger = CallLogger(writer.submit, source="proxy")
+
+        async def empty(**_: Any) -> None:
+            return None
+
+        async def success(i: int) -> None:
+            await logger.async_log_success_event(
+                kwargs=success_payload(i), response_obj=None, start_time=None, end_time=datetime.now()
+            )
+
+        async def failure(i: int) -> None:
+            await logger.async_post_call_failure_deployment_hook(
+                request_data=failure_payload(i),
+                exception=Upstream503("upstream 503"),
+                call_type="acompletion",
+            )
+
+        async def baseline(i: int) -> None:
+            await empty(kwargs=None)
+
+        for name, fn in [
+            ("empty hook (baseline)", baseline),
+            ("success hook", success),
+            ("failure hook", failure),
+        ]:
+            samples = await _time_each(fn, n)
+            p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
+            print(f"   {name:<22} p50 {p50:7.1f} µs   p99 {p99:7.1f} µs")
+        writer._buffer.clear()  # the rows were only for timing; do not write them anywhere
+        await dispose_session_factory(factory)
+
+
+async def _time_each(fn: Callable[[int], Awaitable[None]], n: int) -> list[float]:
+    for i in range(min(n, 500)):  # warm-up
+        await fn(i)
+    samples = []
+    for i in range(n):
+        start = time.perf_counter_ns()
+        await fn(i)
+        samples.append((time.perf_counter_ns() - start) / 1000)
+    return samples
+
+
+def rows(n: int) -> list[CallRecord]:
+    return [
+        CallRecord(
+            request_id=f"req-{i // 3}",
+            attempt=i % 3 + 1,
+            action="text_processing",
+            strategy="quality",
+            served_strategy="default",
+            provider="openai",
+            model_id="gpt-4o-mini",
+            success=i % 3 == 2,
+            source="proxy",
+            tokens_in=1200,
+            tokens_out=300,
+            latency_ms=850.0,
+            cost_usd=0.00036,
+            tenant_id="acme",
+            metadata={"tags": {"course": "bio101"}},
+        )
+        for i in range(n)
+    ]
+
+
+async def throughput(url: str, n: int) -> float:
+    await asyncio.to_thread(upgrade_database, url)
+    factory = create_session_factory(url)
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = RecordWriter(factory, spool_path=Path(tmp) / "spool.jsonl", max_queue=n, batch_size=2000)
+        batch = rows(n)
+        start = time.perf_counter()
+        for record in batch:
+            writer.submit(record)
+        await writer.aclose()
+        elapsed = time.perf_counter() - start
+    written = await count_calls(factory)
+    await dispose_session_factory(factory)
+    assert written == n and writer.rows_spooled == 0, (written, writer.stats())
+    return n / elapsed
+
+
+async def bench_writer(n: int) -> None:
+    print(f"\n2. writer throughput ({n} rows, submit → flushed)")
+    with tempfile.TemporaryDirectory() as tmp:
+        rate = await throughput(f"sqlite+aiosqlite:///{tmp}/bench.db", n)
+        print(f"   SQLite       {rate:10,.0f} rows/s")
+    name = f"course_llm_bench_{os.getpid()}"
+    try:
+        admin = await asyncpg.connect(PG_ADMIN, timeout=5)
+    except OSError as exc:
+        print(f"   PostgreSQL   skipped: not reachable ({exc})")
+        return
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        rate = await throughput(PG_ADMIN.rsplit("/", 1)[0] + f"/{name}", n)
+        print(f"   PostgreSQL   {rate:10,.0f} rows/s   (target >= 10,000)")
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def bench_latency(n: int, delay_ms: int) -> None:
+    print(f"\n3. facade latency, logging on vs off ({n} sequential calls each, upstream delay {delay_ms} ms)")
+    with FakeUpstream() as up, tempfile.TemporaryDirectory() as tmp:
+        up.set_behaviour("*", delay_ms=delay_ms)
+        os.environ["BENCH_KEY"] = "x"
+        registry = parse_registry(
+            {
+                "models": {
+                    "bench-model": {
+                        "provider": "openai",
+                        "api_base": up.base_url,
+                        "api_key_env": "BENCH_KEY",
+                        "max_context": 8000,
+                        "cost_per_1k": {"input": 0.001, "output": 0.002},
+                    }
+                },
+                "actions": {"text_processing": {}},
+                "routing": {"text_processing": {"default": ["bench-model"]}},
+            }
+        )
+        url = f"sqlite+aiosqlite:///{tmp}/latency.db"
+        await asyncio.to_thread(upgrade_database, url)
+        factory = create_session_factory(url)
+        off = ModelRouter(registry)
+        on = ModelRouter(registry, writer=RecordWriter(factory, spool_path=Path(tmp) / "spool.jsonl"))
+        samples: dict[str, list[float]] = {"off": [], "on": []}
+        for router in (off, on):  # warm-up: imports, connection pools
+            for _ in range(20):
+                await router.complete("text_processing", "warm up")
+        for i in range(n):  # interleaved, so drift on the machine hits both alike
+            for name, router in (("off", off), ("on", on)) if i % 2 else (("on", on), ("off", off)):
+                start = time.perf_counter()
+                await router.complete("text_processing", "Summarise the lecture in one line.")
+                samples[name].append((time.perf_counter() - start) * 1000)
+        await off.aclose()
+        await on.aclose()
+        logged = await count_calls(factory)
+        await dispose_session_factory(factory)
+    p50_off, p50_on = statistics.median(samples["off"]), statistics.median(samples["on"])
+    print(f"   logging off  p50 {p50_off:7.2f} ms   p95 {percentile(samples['off'], 0.95):7.2f} ms")
+    p95_on = percentile(samples["on"], 0.95)
+    print(f"   logging on   p50 {p50_on:7.2f} ms   p95 {p95_on:7.2f} ms   ({logged} rows)")
+    print(f"   ratio on/off p50 {p50_on / p50_off:.3f}   (target <= 1.05)")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller samples (a smoke run)")
+    args = parser.parse_args()
+    scale = 10 if args.quick else 1
+    print(f"course_llm logging benchmark  ({os.cpu_count()} cores, Python {sys.version.split()[0]})")
+    await bench_hooks(20_000 // scale)
+    await bench_writer(50_000 // scale)
+    await bench_latency(300 // scale, delay_ms=20)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
