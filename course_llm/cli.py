@@ -93,6 +93,25 @@ def compile_command(
     out.print(f"wrote {output} ({len(config['model_list'])} deployments)")
 
 
+@app.command()
+def serve(
+    registry: RegistryOption = None,
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 4000,
+    mock: Annotated[
+        bool, typer.Option("--mock", help="answer every model offline with canned responses")
+    ] = False,
+) -> None:
+    """Run the LiteLLM proxy with course_llm routing, logging, usage API and dashboard."""
+    from course_llm.proxy import serve as proxy
+
+    settings = Settings()
+    with user_errors(OSError):
+        plan = proxy.prepare(settings, registry_path=registry, host=host, port=port, mock=mock)
+    out.print(proxy.banner(plan), highlight=False, soft_wrap=True)
+    proxy.run(plan)
+
+
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Migrate the configured database ($COURSE_LLM_DATABASE_URL) to the latest schema."""
@@ -114,6 +133,278 @@ def _run_db(action: Callable[[], Any]) -> Any:
         if is_database_error(exc):
             fail(f"database error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
         raise
+
+
+# --- usage reports: calls, usage, export ---------------------------------------------------------
+# The same filters as the HTTP API (DESIGN.md, "Usage reporting — contract"); values are parsed by
+# course_llm.usage, so both reject the same input with the same message.
+
+SinceOption = Annotated[str | None, typer.Option(help="from this time on: ISO 8601 (naive = UTC) or 24h, 7d")]
+UntilOption = Annotated[str | None, typer.Option(help="before this time: ISO 8601 or a span back from now")]
+ActionOption = Annotated[str | None, typer.Option(help="only this action")]
+StrategyOption = Annotated[str | None, typer.Option(help="only this requested strategy")]
+ServedOption = Annotated[str | None, typer.Option("--served-strategy", help="only this served strategy")]
+ProviderOption = Annotated[str | None, typer.Option(help="only this provider")]
+ModelOption = Annotated[str | None, typer.Option("--model", help="only this registry model id")]
+StatusOption = Annotated[str | None, typer.Option(help="success or error")]
+TenantOption = Annotated[str | None, typer.Option("--tenant", help="only this tenant id")]
+OperationOption = Annotated[str | None, typer.Option(help="only this operation")]
+RequestOption = Annotated[str | None, typer.Option("--request-id", help="only this request's attempts")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON (the HTTP API's shape)")]
+GROUP_BY_HELP = (
+    "comma-separated keys: action, strategy, served_strategy, provider, model_id, tenant_id, operation, "
+    "day; blank for totals only"
+)
+
+
+def _filters(**raw: str | None) -> Any:
+    from course_llm.usage import filters_from
+
+    with user_errors():
+        return filters_from(raw)
+
+
+def _query(run: Callable[[Any], Any]) -> Any:
+    """`await run(session_factory)` on the configured database, then close it; DB errors: one line."""
+    import asyncio
+
+    from course_llm.db import create_session_factory, dispose_session_factory, redact_url
+
+    url = Settings().database_url
+
+    async def main() -> Any:
+        factory = create_session_factory(url)
+        try:
+            return await run(factory)
+        finally:
+            await dispose_session_factory(factory)
+
+    try:
+        return _run_db(lambda: asyncio.run(main()))
+    except OSError as exc:  # asyncpg reports a refused connection as a bare OSError
+        fail(f"cannot reach the database {redact_url(url)}: {exc}")
+
+
+def _print_json(data: Any) -> None:
+    import json
+
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+@app.command()
+def calls(
+    since: SinceOption = None,
+    until: UntilOption = None,
+    action: ActionOption = None,
+    strategy: StrategyOption = None,
+    served_strategy: ServedOption = None,
+    provider: ProviderOption = None,
+    model: ModelOption = None,
+    status: StatusOption = None,
+    tenant: TenantOption = None,
+    operation: OperationOption = None,
+    request_id: RequestOption = None,
+    page: Annotated[int, typer.Option(help="page number, from 1")] = 1,
+    page_size: Annotated[int, typer.Option(help="rows per page (1-1000)")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """Recorded LLM attempts, newest first, one page at a time."""
+    from course_llm.db.usage import list_calls
+    from course_llm.usage import parse_page
+
+    filters = _filters(
+        since=since,
+        until=until,
+        action=action,
+        strategy=strategy,
+        served_strategy=served_strategy,
+        provider=provider,
+        model_id=model,
+        status=status,
+        tenant_id=tenant,
+        operation=operation,
+        request_id=request_id,
+    )
+    with user_errors():
+        page, page_size = parse_page(page, page_size)
+    result = _query(lambda factory: list_calls(factory, filters, page, page_size))
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    _print_table(_calls_table(result.data))
+    out.print(f"page {result.page} of {result.total_pages} · {result.total} calls", highlight=False)
+
+
+@app.command()
+def usage(
+    group_by: Annotated[str, typer.Option(help=GROUP_BY_HELP)] = "action",
+    since: SinceOption = None,
+    until: UntilOption = None,
+    action: ActionOption = None,
+    strategy: StrategyOption = None,
+    served_strategy: ServedOption = None,
+    provider: ProviderOption = None,
+    model: ModelOption = None,
+    status: StatusOption = None,
+    tenant: TenantOption = None,
+    operation: OperationOption = None,
+    request_id: RequestOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Calls, failures, tokens, cost, p50/p95 latency and fallback rate, per group and in total."""
+    from course_llm.db.usage import summarize
+    from course_llm.usage import parse_group_by
+
+    filters = _filters(
+        since=since,
+        until=until,
+        action=action,
+        strategy=strategy,
+        served_strategy=served_strategy,
+        provider=provider,
+        model_id=model,
+        status=status,
+        tenant_id=tenant,
+        operation=operation,
+        request_id=request_id,
+    )
+    with user_errors():
+        keys = parse_group_by(group_by)
+    result = _query(lambda factory: summarize(factory, filters, keys))
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    _print_table(_summary_table(result.group_by, result.groups, result.totals))
+
+
+@app.command()
+def export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="file to write")],
+    export_format: Annotated[str, typer.Option("--format", help="csv or jsonl")] = "csv",
+    since: SinceOption = None,
+    until: UntilOption = None,
+    action: ActionOption = None,
+    strategy: StrategyOption = None,
+    served_strategy: ServedOption = None,
+    provider: ProviderOption = None,
+    model: ModelOption = None,
+    status: StatusOption = None,
+    tenant: TenantOption = None,
+    operation: OperationOption = None,
+    request_id: RequestOption = None,
+) -> None:
+    """Write every matching call to FILE (oldest first), streaming: any size in constant memory."""
+    from rich.progress import Progress
+
+    from course_llm.db.usage import count_matching, iter_calls
+    from course_llm.usage import parse_export_format, write_export
+
+    filters = _filters(
+        since=since,
+        until=until,
+        action=action,
+        strategy=strategy,
+        served_strategy=served_strategy,
+        provider=provider,
+        model_id=model,
+        status=status,
+        tenant_id=tenant,
+        operation=operation,
+        request_id=request_id,
+    )
+    with user_errors():
+        fmt = parse_export_format(export_format)
+
+    async def run(factory: Any) -> int:
+        total = await count_matching(factory, filters)  # the database answered: errors now are the file's
+        try:
+            with (
+                Progress(console=err, transient=True) as progress,
+                output.open("w", encoding="utf-8", newline="") as handle,
+            ):
+                task = progress.add_task(f"exporting to {output}", total=total)
+                rows = iter_calls(factory, filters)
+                return await write_export(rows, fmt, handle, lambda: progress.advance(task))
+        except OSError as exc:
+            fail(f"cannot write {output}: {exc.strerror or exc}")
+            raise  # unreachable: fail() exits
+
+    written = _query(run)
+    out.print(f"wrote {written} calls to {output} ({fmt})", highlight=False)
+
+
+def _print_table(table: Table) -> None:
+    """Print `table`; into a file or a pipe at its natural width, since no terminal limits it there."""
+    from rich.measure import Measurement
+
+    if out.is_terminal:
+        out.print(table)
+        return
+    width = Measurement.get(out, out.options.update_width(1000), table).maximum
+    Console(width=max(width, out.width)).print(table)
+
+
+def _calls_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table()
+    for name in ["time (UTC)", "request", "#", "action / strategy → served", "provider / model"]:
+        table.add_column(name)
+    for name in ["tokens in/out", "latency", "cost $"]:
+        table.add_column(name, justify="right", overflow="fold")
+    table.add_column("status")
+    for row in rows:
+        strategy = row["strategy"]
+        if row["served_strategy"] != strategy:
+            strategy = f"{strategy} → {row['served_strategy']}"
+        status = "[green]ok[/]"
+        if not row["success"]:
+            status = f"[red]{row['status_code'] or '-'} {row['error_class'] or 'error'}[/]"
+        table.add_row(
+            row["created_at"][:19].replace("T", " "),
+            # The tail: request ids are uuid7, whose leading digits are a timestamp shared by
+            # every request of the same minute.
+            row["request_id"][-8:],
+            str(row["attempt"]),
+            f"{row['action']} / {strategy}",
+            f"{row['provider']} / {row['model_id']}",
+            f"{_number(row['tokens_in'])}/{_number(row['tokens_out'])}",
+            "-" if row["latency_ms"] is None else f"{row['latency_ms']:.0f} ms",
+            "-" if row["cost_usd"] is None else f"{row['cost_usd']:.6f}",
+            status,
+        )
+    return table
+
+
+def _summary_table(keys: list[str], groups: list[dict[str, Any]], totals: dict[str, Any]) -> Table:
+    table = Table()
+    for key in keys:
+        table.add_column(key)
+    for name in ["calls", "failures", "error %", "tokens in", "tokens out", "cost $", "p50 ms", "p95 ms"]:
+        table.add_column(name, justify="right", overflow="fold")
+    table.add_column("fallback %", justify="right", overflow="fold")
+
+    def figures(group: dict[str, Any]) -> list[str]:
+        return [
+            _number(group["calls"]),
+            _number(group["failures"]),
+            f"{100 * group['error_rate']:.1f}",
+            _number(group["tokens_in"]),
+            _number(group["tokens_out"]),
+            f"{group['cost_usd']:.6f}",
+            "-" if group["p50_latency_ms"] is None else f"{group['p50_latency_ms']:.0f}",
+            "-" if group["p95_latency_ms"] is None else f"{group['p95_latency_ms']:.0f}",
+            f"{100 * group['fallback_rate']:.1f}",
+        ]
+
+    for index, group in enumerate(groups):
+        labels = ["-" if group[key] is None else str(group[key]) for key in keys]
+        table.add_row(*labels, *figures(group), end_section=index == len(groups) - 1)
+    total_labels = ["[bold]total[/]", *([""] * (len(keys) - 1))] if keys else []
+    table.add_row(*total_labels, *figures(totals), style="bold")
+    return table
+
+
+def _number(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
 
 
 def main() -> None:  # pragma: no cover - console script entry

@@ -1,0 +1,347 @@
+"""Usage reporting queries over llm_calls: pages of rows, summaries, one request's attempts, export.
+
+Each function takes a session factory and a `UsageFilters` (parsed from user input by
+`course_llm.usage`) and returns plain data: rows are dicts keyed by column name (`metadata` for the
+JSON column), with the id as a string and `created_at` as an ISO 8601 UTC string, ready for JSON.
+
+Every value reaches the database as a bound parameter; only column names and the fixed expressions
+below are SQL text.
+
+Summary figures, per group and in total:
+- `error_rate` = failures / calls;
+- `fallback_rate` = the share of requests whose successful attempt was not the first: successful rows
+  with `attempt > 1` / successful rows (each request has at most one successful attempt), 0 when
+  the group has no success;
+- p50/p95 latency: continuous percentiles (linear interpolation, PostgreSQL's `percentile_cont`)
+  over the rows with a known latency; None when there is none. PostgreSQL computes them in SQL
+  (see `_summarize_postgresql` for the shape that keeps a 30-day summary of 500,000 rows near half
+  a second); SQLite has no percentile function, so its latencies are read once and the same
+  interpolation is done in Python (SQLite is the single-user default; big tables belong on
+  PostgreSQL).
+- `day` is the UTC calendar date of `created_at`, as YYYY-MM-DD.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import date
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from course_llm.db.models import LLMCall
+from course_llm.db.session import SessionFactory
+from course_llm.usage import GROUP_KEYS, CallsPage, Summary, UsageFilters
+
+__all__ = [
+    "CallsPage",
+    "Summary",
+    "UsageFilters",
+    "count_matching",
+    "iter_calls",
+    "list_calls",
+    "request_attempts",
+    "summarize",
+]
+
+_TABLE: sa.Table = LLMCall.__table__  # type: ignore[assignment]  # declared as FromClause; it is a Table
+_C = _TABLE.c
+
+#: Filters that are plain equality on the column of the same name.
+_EQUALITY_FILTERS = (
+    "action",
+    "strategy",
+    "served_strategy",
+    "provider",
+    "model_id",
+    "tenant_id",
+    "operation",
+    "request_id",
+)
+
+#: Newest first; the id (uuid7, time-ordered) breaks ties so pages never overlap or skip rows.
+_NEWEST_FIRST = (_C.created_at.desc(), _C.id.desc())
+
+Key = tuple[Any, ...]
+
+
+def _conditions(filters: UsageFilters) -> list[sa.ColumnElement[bool]]:
+    conditions: list[sa.ColumnElement[bool]] = []
+    if filters.since is not None:
+        conditions.append(_C.created_at >= filters.since)
+    if filters.until is not None:
+        conditions.append(_C.created_at < filters.until)
+    for name in _EQUALITY_FILTERS:
+        value = getattr(filters, name)
+        if value is not None:
+            conditions.append(_C[name] == value)
+    if filters.status == "success":
+        conditions.append(_C.success == sa.true())
+    elif filters.status == "error":
+        conditions.append(_C.success == sa.false())
+    return conditions
+
+
+def _row_dict(row: sa.RowMapping) -> dict[str, Any]:
+    """A result row as JSON-friendly data: the uuid as a string, the timestamp as ISO 8601 UTC."""
+    data = dict(row)
+    data["id"] = str(data["id"])
+    data["created_at"] = data["created_at"].isoformat()
+    return data
+
+
+async def count_matching(session_factory: SessionFactory, filters: UsageFilters) -> int:
+    """How many rows match `filters` (the `total` of a page, the length of an export)."""
+    statement = sa.select(sa.func.count()).select_from(_TABLE).where(*_conditions(filters))
+    async with session_factory() as session:
+        return int(await session.scalar(statement) or 0)
+
+
+async def list_calls(
+    session_factory: SessionFactory, filters: UsageFilters, page: int = 1, page_size: int = 50
+) -> CallsPage:
+    """Page `page` (from 1) of the matching rows, newest first, with the total count.
+
+    A page past the end is empty (its `total` still counts every matching row).
+    """
+    if page < 1 or page_size < 1:
+        raise ValueError(f"page and page_size must be >= 1, got {page}, {page_size}")
+    statement = (
+        sa.select(_TABLE)
+        .where(*_conditions(filters))
+        .order_by(*_NEWEST_FIRST)
+        .limit(page_size)
+        .offset((page - 1) * page_size)
+    )
+    total_statement = sa.select(sa.func.count()).select_from(_TABLE).where(*_conditions(filters))
+    async with session_factory() as session:
+        total = int(await session.scalar(total_statement) or 0)
+        rows = (await session.execute(statement)).mappings().all() if total else []
+    return CallsPage(data=[_row_dict(row) for row in rows], total=total, page=page, page_size=page_size)
+
+
+async def request_attempts(session_factory: SessionFactory, request_id: str) -> list[dict[str, Any]]:
+    """Every attempt of one request, in the order they were made (empty when the id is unknown)."""
+    statement = (
+        sa.select(_TABLE).where(_C.request_id == request_id).order_by(_C.attempt, _C.created_at, _C.id)
+    )
+    async with session_factory() as session:
+        rows = (await session.execute(statement)).mappings().all()
+    return [_row_dict(row) for row in rows]
+
+
+async def iter_calls(
+    session_factory: SessionFactory, filters: UsageFilters, batch: int = 1000
+) -> AsyncIterator[dict[str, Any]]:
+    """Every matching row, oldest first, fetched `batch` rows at a time (constant memory).
+
+    Oldest first because an export is a log: appending a later export continues it in order.
+    The rows come through a server-side cursor (asyncpg) or an incremental fetch (SQLite) inside
+    one read transaction, so the export is a consistent snapshot on PostgreSQL.
+    """
+    statement = (
+        sa.select(_TABLE)
+        .where(*_conditions(filters))
+        .order_by(_C.created_at, _C.id)
+        .execution_options(yield_per=batch)
+    )
+    async with session_factory() as session:
+        result = await session.stream(statement)
+        async for row in result.mappings():
+            yield _row_dict(row)
+
+
+# --- summaries -----------------------------------------------------------------------------------
+
+
+def _group_expression(key: str, dialect: str) -> sa.ColumnElement[Any]:
+    if key != "day":
+        return _C[key].label(key)
+    if dialect == "postgresql":
+        # A date, not to_char(): formatting half a million timestamps costs more than the query.
+        return sa.cast(sa.func.timezone("UTC", _C.created_at), sa.Date()).label("day")
+    # SQLite stores the UTC timestamp as text, `YYYY-MM-DD HH:MM:SS…`: the date is its first 10 chars.
+    return sa.func.substr(_C.created_at, 1, 10, type_=sa.String()).label("day")
+
+
+#: The percentiles reported, as fractions: p50 and p95.
+_FRACTIONS = (0.5, 0.95)
+_LATENCY_KEYS = ("p50_latency_ms", "p95_latency_ms")
+_SUMS = ("calls", "failures", "successes", "fallbacks", "tokens_in", "tokens_out", "cost_usd")
+
+
+def _sum_columns() -> list[sa.ColumnElement[Any]]:
+    """Counts and sums per group, named as in `_SUMS`."""
+    return [
+        sa.func.count().label("calls"),
+        sa.func.count().filter(_C.success == sa.false()).label("failures"),
+        sa.func.count().filter(_C.success == sa.true()).label("successes"),
+        sa.func.count().filter(sa.and_(_C.success == sa.true(), _C.attempt > 1)).label("fallbacks"),
+        sa.func.coalesce(sa.func.sum(_C.tokens_in), 0).label("tokens_in"),
+        sa.func.coalesce(sa.func.sum(_C.tokens_out), 0).label("tokens_out"),
+        sa.func.coalesce(sa.func.sum(_C.cost_usd), 0.0).label("cost_usd"),
+    ]
+
+
+def _figures(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The contract's figures from one row of sums and latency percentiles."""
+    calls, failures = int(row["calls"] or 0), int(row["failures"] or 0)
+    successes, fallbacks = int(row["successes"] or 0), int(row["fallbacks"] or 0)
+    return {
+        "calls": calls,
+        "failures": failures,
+        "error_rate": failures / calls if calls else 0.0,
+        "tokens_in": int(row["tokens_in"] or 0),
+        "tokens_out": int(row["tokens_out"] or 0),
+        "cost_usd": float(row["cost_usd"] or 0.0),
+        "p50_latency_ms": row["p50_latency_ms"],
+        "p95_latency_ms": row["p95_latency_ms"],
+        "fallback_rate": fallbacks / successes if successes else 0.0,
+    }
+
+
+def percentile(ordered: Sequence[float], fraction: float) -> float | None:
+    """The continuous percentile of sorted values, as PostgreSQL's `percentile_cont` computes it."""
+    if not ordered:
+        return None
+    position = fraction * (len(ordered) - 1)
+    lower = math.floor(position)
+    upper = min(lower + 1, len(ordered) - 1)
+    return ordered[lower] + (position - lower) * (ordered[upper] - ordered[lower])
+
+
+def _percentiles(values: Sequence[float] | None) -> dict[str, float | None]:
+    values = values or []
+    return {key: percentile(values, f) for key, f in zip(_LATENCY_KEYS, _FRACTIONS, strict=True)}
+
+
+Rows = tuple[list[dict[str, Any]], dict[str, Any]]
+
+
+async def _summarize_postgresql(
+    session: AsyncSession, keys: list[sa.ColumnElement[Any]], conditions: list[sa.ColumnElement[bool]]
+) -> Rows:
+    """Groups and totals in one statement, one scan: the 30-day benchmark's fast path.
+
+    `percentile_cont … WITHIN GROUP` grouped by the keys makes PostgreSQL sort every row by the
+    keys (an ordered-set aggregate rules out hashing), and the totals would need a second scan.
+    Instead each group collects its latencies with `array_agg` (hash-aggregated, one scan); the
+    percentiles are then taken over each group's array, and over all arrays for the totals.
+    """
+    fractions: sa.ColumnElement[Any] = sa.literal(list(_FRACTIONS), postgresql.ARRAY(sa.Double()))
+    if not keys:  # totals only: one ordered-set aggregate over the rows, nothing to group
+        ordered = sa.func.percentile_cont(fractions).within_group(_C.latency_ms)
+        percentiles: sa.TypeCoerce[Any] = sa.type_coerce(ordered, postgresql.ARRAY(sa.Double()))
+        statement = sa.select(*_sum_columns(), percentiles.label("percentiles")).where(*conditions)
+        return [], _unpack((await session.execute(statement)).mappings().one())
+    latencies = sa.func.array_agg(_C.latency_ms).filter(_C.latency_ms.is_not(None))
+    per_group = (
+        sa.select(*keys, *_sum_columns(), latencies.label("latencies"))
+        .where(*conditions)
+        .group_by(*keys)
+        .cte("per_group")
+    )
+    every_group = per_group.alias("every_group")
+
+    def percentiles_of(group: sa.CTE, *, lateral: bool = False) -> sa.Select[Any]:
+        unnested = sa.func.unnest(group.c.latencies).table_valued("value").render_derived()
+        values: sa.FromClause = unnested.lateral() if lateral else unnested
+        ordered = sa.func.percentile_cont(fractions).within_group(values.c.value)
+        statement: sa.Select[Any] = sa.select(sa.type_coerce(ordered, postgresql.ARRAY(sa.Double())))
+        # Per group: `FROM unnest(per_group.latencies)`, correlated to the enclosing row. Totals:
+        # `FROM every_group JOIN LATERAL unnest(every_group.latencies) ON true`, all groups at once.
+        return statement.select_from(group.join(values, sa.true()) if lateral else values)
+
+    names = [key.name for key in keys]
+    groups_part = sa.select(
+        sa.literal(False).label("is_total"),
+        *(per_group.c[name] for name in names),
+        *(per_group.c[name] for name in _SUMS),
+        percentiles_of(per_group).scalar_subquery().label("percentiles"),
+    )
+    totals_part = sa.select(
+        sa.literal(True),
+        *(sa.null() for _ in names),
+        *(sa.func.sum(per_group.c[name]) for name in _SUMS),
+        percentiles_of(every_group, lateral=True).scalar_subquery(),
+    )
+    rows = (await session.execute(sa.union_all(groups_part, totals_part))).mappings().all()
+    groups = [_unpack(row) for row in rows if not row["is_total"]]
+    (totals,) = [_unpack(row) for row in rows if row["is_total"]]
+    return groups, totals
+
+
+def _unpack(row: sa.RowMapping) -> dict[str, Any]:
+    """A result row with its `percentiles` array ([p50, p95], or NULL) spread into named figures."""
+    values = dict(row)
+    values.update(zip(_LATENCY_KEYS, values.pop("percentiles") or [None, None], strict=True))
+    return values
+
+
+async def _summarize_portable(
+    session: AsyncSession, keys: list[sa.ColumnElement[Any]], conditions: list[sa.ColumnElement[bool]]
+) -> Rows:
+    """Groups and totals for databases without percentile functions (SQLite).
+
+    Sums in SQL; latencies are streamed once and the percentiles computed in Python, holding one
+    float per matching row (SQLite is the single-user default; big tables belong on PostgreSQL).
+    """
+    totals = dict((await session.execute(sa.select(*_sum_columns()).where(*conditions))).mappings().one())
+    groups = []
+    if keys:
+        statement = sa.select(*keys, *_sum_columns()).where(*conditions).group_by(*keys)
+        groups = [dict(row) for row in (await session.execute(statement)).mappings()]
+    per_group: defaultdict[Key, list[float]] = defaultdict(list)
+    everything: list[float] = []
+    latencies = sa.select(*keys, _C.latency_ms).where(*conditions, _C.latency_ms.is_not(None))
+    result = await session.stream(latencies.execution_options(yield_per=10_000))
+    async for row in result:
+        per_group[tuple(row[:-1])].append(row[-1])
+        everything.append(row[-1])
+    names = [key.name for key in keys]
+    for group in groups:
+        group.update(_percentiles(sorted(per_group.get(tuple(group[n] for n in names), []))))
+    totals.update(_percentiles(sorted(everything)))
+    return groups, totals
+
+
+def _key(value: Any) -> Any:
+    """A group key as JSON-friendly data: PostgreSQL's `day` is a date, shown as YYYY-MM-DD."""
+    return value.isoformat() if isinstance(value, date) else value
+
+
+def _sort_key(group_by: Sequence[str]) -> Any:
+    def key(group: dict[str, Any]) -> tuple[Any, ...]:
+        # Cost first (highest first), then the keys with None after every value, for a stable order
+        # that does not depend on how each database sorts NULLs.
+        return (-group["cost_usd"], *((group[k] is None, group[k] or "") for k in group_by))
+
+    return key
+
+
+async def summarize(
+    session_factory: SessionFactory, filters: UsageFilters, group_by: Sequence[str]
+) -> Summary:
+    """Figures for each group of `group_by` keys (see `GROUP_KEYS`) and for all matching rows.
+
+    With no `group_by`, `groups` is empty and only `totals` are computed.
+    """
+    unknown = [key for key in group_by if key not in GROUP_KEYS]
+    if unknown:
+        raise ValueError(f"unknown group keys {unknown}; valid: {', '.join(GROUP_KEYS)}")
+    names = list(group_by)
+    conditions = _conditions(filters)
+    async with session_factory() as session:
+        dialect = session.get_bind().dialect.name
+        keys = [_group_expression(name, dialect) for name in names]
+        if dialect == "postgresql":
+            rows, totals_row = await _summarize_postgresql(session, keys, conditions)
+        else:
+            rows, totals_row = await _summarize_portable(session, keys, conditions)
+    groups = [{**{name: _key(row[name]) for name in names}, **_figures(row)} for row in rows] if names else []
+    groups.sort(key=_sort_key(names))
+    return Summary(group_by=names, groups=groups, totals=_figures(totals_row))

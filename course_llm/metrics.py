@@ -1,0 +1,213 @@
+"""Prometheus metrics from call records, and the `GET /metrics` route that serves them.
+
+The llm_calls table answers questions after the fact; a scraper wants running totals it can rate()
+and alert on. `MetricsRecorder.observe` folds each `CallRecord` into counters and a latency
+histogram as the row is logged, so /metrics never touches the database.
+
+Every series is labelled by action, strategy (the one the caller asked for, like the table's
+`strategy` column), provider and model (the registry model id). Those values come from the registry,
+so the number of series stays bounded.
+
+    course_llm_calls_total                 attempts, successful or not
+    course_llm_call_failures_total         failed attempts
+    course_llm_tokens_total{direction}     tokens in / out
+    course_llm_cost_usd_total              USD, from the registry prices
+    course_llm_call_latency_seconds        histogram of attempt wall time
+
+Each recorder owns its `CollectorRegistry`: the global default registry would make two recorders
+(two tests, two apps in one process) collide on metric names.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import structlog
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+from course_llm.records import CallRecord
+
+__all__ = ["LABELS", "LATENCY_BUCKETS", "MetricsRecorder", "bearer_key_matches", "create_metrics_router"]
+
+log = structlog.get_logger()
+
+LABELS = ("action", "strategy", "provider", "model")
+
+#: LLM attempts run from a cached 100 ms answer to a two-minute video analysis; the buckets are dense
+#: where interactive calls land (under 10 s) and sparse in the long tail.
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0)
+
+
+@dataclass(slots=True, frozen=True)
+class _Series:
+    """The bound children of one label combination, so `observe` skips the `.labels()` lookups."""
+
+    calls: Counter
+    failures: Counter
+    tokens_in: Counter
+    tokens_out: Counter
+    cost: Counter
+    latency: Histogram
+
+
+def _amount(value: float | None) -> float | None:
+    """`value` if it can be added to a counter; counters refuse negatives and a NaN would poison one."""
+    if value is None or isinstance(value, bool):
+        return None
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        return None
+    return number
+
+
+class MetricsRecorder:
+    """Running Prometheus totals of every observed call record.
+
+    `observe` is called on the logging hot path for every row: it never raises (a bad record is
+    counted in `dropped` and logged) and, after the first record of a label combination, costs a
+    dict lookup and six lock-protected additions.
+    """
+
+    def __init__(self, buckets: Iterable[float] = LATENCY_BUCKETS) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.dropped = 0
+        self._series: dict[tuple[str, str, str, str], _Series] = {}
+        self._series_lock = threading.Lock()
+        registry = self.registry
+        self._calls = Counter(
+            "course_llm_calls", "LLM attempts, successful or not.", LABELS, registry=registry
+        )
+        self._failures = Counter(
+            "course_llm_call_failures", "Failed LLM attempts.", LABELS, registry=registry
+        )
+        self._tokens = Counter(
+            "course_llm_tokens",
+            "Tokens sent (in) and received (out).",
+            (*LABELS, "direction"),
+            registry=registry,
+        )
+        self._cost = Counter(
+            "course_llm_cost_usd", "Cost in USD, from the registry prices.", LABELS, registry=registry
+        )
+        self._latency = Histogram(
+            "course_llm_call_latency_seconds",
+            "Wall time of one LLM attempt.",
+            LABELS,
+            registry=registry,
+            buckets=tuple(buckets),
+        )
+
+    def _children(self, key: tuple[str, str, str, str]) -> _Series:
+        series = self._series.get(key)
+        if series is not None:
+            return series
+        # Two threads may race to create the same children; prometheus_client hands both the same
+        # objects, and the lock only keeps the cache dict consistent.
+        with self._series_lock:
+            series = self._series.get(key)
+            if series is None:
+                series = _Series(
+                    calls=self._calls.labels(*key),
+                    failures=self._failures.labels(*key),
+                    tokens_in=self._tokens.labels(*key, "in"),
+                    tokens_out=self._tokens.labels(*key, "out"),
+                    cost=self._cost.labels(*key),
+                    latency=self._latency.labels(*key),
+                )
+                self._series[key] = series
+        return series
+
+    def observe(self, record: CallRecord) -> None:
+        """Add one attempt to the totals. Never raises."""
+        try:
+            key = (
+                str(record.action),
+                str(record.strategy),
+                str(record.provider),
+                str(record.model_id),
+            )
+            series = self._children(key)
+            series.calls.inc()
+            if not record.success:
+                series.failures.inc()
+            tokens_in = _amount(record.tokens_in)
+            if tokens_in is not None:
+                series.tokens_in.inc(tokens_in)
+            tokens_out = _amount(record.tokens_out)
+            if tokens_out is not None:
+                series.tokens_out.inc(tokens_out)
+            cost = _amount(record.cost_usd)
+            if cost is not None:
+                series.cost.inc(cost)
+            latency_ms = _amount(record.latency_ms)
+            if latency_ms is not None:
+                series.latency.observe(latency_ms / 1000.0)
+        except Exception as exc:
+            # Metrics are a side channel: losing one observation must not lose the row or the call.
+            self.dropped += 1
+            log.warning(
+                "metrics_observation_dropped",
+                error_class=type(exc).__name__,
+                error=str(exc),
+                request_id=getattr(record, "request_id", None),
+                dropped=self.dropped,
+            )
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition of every metric, and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def bearer_key_matches(authorization: str | None, master_key: str | None) -> bool:
+    """Whether an `Authorization` header carries `Bearer <master_key>`.
+
+    No configured key means no access: the routes expose spend and traffic, so they fail closed.
+    """
+    if not master_key or not authorization:
+        return False
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return secrets.compare_digest(token.strip().encode(), master_key.encode())
+
+
+def _unauthorized(message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _disabled() -> JSONResponse:
+    # 503 rather than 401 (as the usage API does): no key the client could send would be right.
+    return JSONResponse(
+        {"error": "metrics are disabled: no master key is configured (set LITELLM_MASTER_KEY)"},
+        status_code=503,
+    )
+
+
+def create_metrics_router(recorder: MetricsRecorder, get_master_key: Callable[[], str | None]) -> APIRouter:
+    """A router serving `GET /metrics` from `recorder`, behind `Authorization: Bearer <master key>`.
+
+    A missing or wrong key is a 401 and no configured key a 503, both JSON `{"error": ...}` like the
+    usage API's. `get_master_key` is called per request, so a rotated key takes effect at once.
+    """
+    router = APIRouter()
+
+    @router.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        master_key = get_master_key()
+        if not master_key:
+            return _disabled()
+        authorization = request.headers.get("authorization")
+        if not authorization:
+            return _unauthorized("missing Authorization header; send 'Bearer <master key>'")
+        if not bearer_key_matches(authorization, master_key):
+            return _unauthorized("invalid master key")
+        body, content_type = recorder.render()
+        return Response(content=body, media_type=content_type)
+
+    return router

@@ -1,0 +1,142 @@
+"""The usage HTTP API: `GET /usage/calls`, `/usage/summary` and `/usage/requests/{request_id}`.
+
+A FastAPI router that `course-llm serve` mounts on LiteLLM's proxy app (and the dashboard reads):
+
+    app.include_router(create_usage_router(lambda: session_factory, lambda: master_key))
+
+Responses follow DESIGN.md, "Usage reporting — contract". Every route answers only to
+`Authorization: Bearer <master key>` and fails closed: a wrong or missing key is 401, and a proxy
+with no key configured serves no usage data at all (503), since the data shows spend and traffic.
+Errors are JSON `{"error": "..."}`: 400 for a bad filter (`"status: 'ok' is not one of: …"`),
+404 for an unknown request id, 503 when the database cannot be read.
+
+Query parameters are read as strings and validated by `course_llm.usage`, the same parser as the
+CLI's, so both reject the same values with the same messages. An unknown or repeated parameter is
+a 400 rather than silently ignored: `?model=x` (for `model_id`) must not return every row.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from course_llm.db import SessionFactory, is_database_error
+from course_llm.db.usage import list_calls, request_attempts, summarize
+from course_llm.errors import UsageQueryError
+from course_llm.usage import FILTER_NAMES, filters_from, parse_group_by, parse_page
+
+__all__ = ["create_usage_router"]
+
+log = structlog.get_logger()
+
+#: Sent with every 401, as RFC 6750 asks, so clients know which credentials to offer.
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+Answer = Callable[[SessionFactory, dict[str, str]], Awaitable[JSONResponse | dict[str, Any]]]
+
+
+def _error(status_code: int, message: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status_code, headers=headers or None)
+
+
+def _refusal(request: Request, master_key: str | None) -> JSONResponse | None:
+    """The response refusing `request`, or None when it carries the master key."""
+    if not master_key:
+        return _error(503, "the usage API is disabled: no master key is configured (set LITELLM_MASTER_KEY)")
+    header = request.headers.get("authorization")
+    if not header:
+        return _error(401, "missing Authorization header; send 'Bearer <master key>'", **_CHALLENGE)
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(
+        token.strip().encode("utf-8"), master_key.encode("utf-8")
+    ):
+        return _error(401, "invalid master key", **_CHALLENGE)
+    return None
+
+
+def _query(request: Request, allowed: tuple[str, ...]) -> dict[str, str]:
+    """The query parameters as one string each; unknown or repeated names are a `UsageQueryError`."""
+    params: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name not in allowed:
+            raise UsageQueryError(name, f"unknown parameter; valid parameters: {', '.join(allowed)}")
+        if name in params:
+            raise UsageQueryError(name, "given more than once")
+        params[name] = value
+    return params
+
+
+def _filters(params: dict[str, str]) -> dict[str, str]:
+    return {name: value for name, value in params.items() if name in FILTER_NAMES}
+
+
+def create_usage_router(
+    get_session_factory: Callable[[], SessionFactory | None], get_master_key: Callable[[], str | None]
+) -> APIRouter:
+    """The `/usage/...` routes, reading through `get_session_factory()` behind `get_master_key()`.
+
+    Both getters are called per request, so the proxy may open its database and read its key after
+    the router is mounted (and a rotated key takes effect at once).
+    """
+    router = APIRouter(tags=["usage"])
+
+    async def serve(request: Request, allowed: tuple[str, ...], answer: Answer) -> JSONResponse:
+        refusal = _refusal(request, get_master_key())
+        if refusal is not None:
+            return refusal
+        try:
+            params = _query(request, allowed)
+            factory = get_session_factory()
+            if factory is None:
+                return _error(503, "the usage API has no database: the proxy's call logging is not set up")
+            body = await answer(factory, params)
+        except UsageQueryError as exc:
+            return _error(400, str(exc))
+        except Exception as exc:
+            if not is_database_error(exc):
+                raise
+            log.warning("usage_query_failed", path=request.url.path, error=type(exc).__name__)
+            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return _error(503, f"database error: {first_line}")
+        return body if isinstance(body, JSONResponse) else JSONResponse(body)
+
+    @router.get("/usage/calls")
+    async def usage_calls(request: Request) -> JSONResponse:
+        """Matching llm_calls rows, newest first, one page at a time."""
+
+        async def answer(factory: SessionFactory, params: dict[str, str]) -> dict[str, Any]:
+            filters = filters_from(_filters(params))
+            page, page_size = parse_page(params.get("page"), params.get("page_size"))
+            return (await list_calls(factory, filters, page, page_size)).as_dict()
+
+        return await serve(request, (*FILTER_NAMES, "page", "page_size"), answer)
+
+    @router.get("/usage/summary")
+    async def usage_summary(request: Request) -> JSONResponse:
+        """Calls, failures, tokens, cost, latency percentiles and fallback rate per group and in total."""
+
+        async def answer(factory: SessionFactory, params: dict[str, str]) -> dict[str, Any]:
+            filters = filters_from(_filters(params))
+            group_by = parse_group_by(params.get("group_by"))
+            return (await summarize(factory, filters, group_by)).as_dict()
+
+        return await serve(request, (*FILTER_NAMES, "group_by"), answer)
+
+    @router.get("/usage/requests/{request_id}")
+    async def usage_request(request: Request, request_id: str) -> JSONResponse:
+        """Every attempt of one request, in the order they were made."""
+
+        async def answer(factory: SessionFactory, params: dict[str, str]) -> JSONResponse | dict[str, Any]:
+            attempts = await request_attempts(factory, request_id)
+            if not attempts:
+                return _error(404, f"no calls recorded for request {request_id!r}")
+            return {"request_id": request_id, "attempts": attempts}
+
+        return await serve(request, (), answer)
+
+    return router

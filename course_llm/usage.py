@@ -1,0 +1,346 @@
+"""Usage reporting without a database: the filter and result types, and parsing of user input.
+
+The CLI (`course-llm calls|usage|export`) and the HTTP API (`/usage/...`) take the same filters as
+strings (DESIGN.md, "Usage reporting — contract"). They are parsed and validated here, once, so both
+front ends accept the same values and reject bad ones with the same `UsageQueryError(field, message)`
+naming the field and what would have been valid. The queries themselves live in
+`course_llm.db.usage`; this module imports no SQLAlchemy, so the CLI can validate its options (and
+fail fast on a typo) before a database driver is even loaded.
+
+Also here: the result types (`CallsPage`, `Summary`) and the row formats of `export` (CSV, JSONL),
+which are pure functions of the row dicts the queries return.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from collections.abc import AsyncIterable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TextIO, get_args
+
+from course_llm.errors import UsageQueryError
+
+__all__ = [
+    "CALL_COLUMNS",
+    "EXPORT_FORMATS",
+    "FIGURES",
+    "FILTER_NAMES",
+    "GROUP_KEYS",
+    "MAX_PAGE_SIZE",
+    "CallsPage",
+    "ExportFormat",
+    "Summary",
+    "UsageFilters",
+    "csv_header",
+    "csv_line",
+    "filters_from",
+    "jsonl_line",
+    "parse_export_format",
+    "parse_filters",
+    "parse_group_by",
+    "parse_page",
+    "parse_time",
+    "write_export",
+]
+
+#: Filter names, in the order DESIGN.md lists them.
+FILTER_NAMES: tuple[str, ...] = (
+    "since",
+    "until",
+    "action",
+    "strategy",
+    "served_strategy",
+    "provider",
+    "model_id",
+    "status",
+    "tenant_id",
+    "operation",
+    "request_id",
+)
+
+#: Keys `summarize` can group by. `day` is the UTC calendar date of `created_at` (YYYY-MM-DD).
+GROUP_KEYS: tuple[str, ...] = (
+    "action",
+    "strategy",
+    "served_strategy",
+    "provider",
+    "model_id",
+    "tenant_id",
+    "operation",
+    "day",
+)
+
+#: The figures of every summary group and of the totals, in display order.
+FIGURES: tuple[str, ...] = (
+    "calls",
+    "failures",
+    "error_rate",
+    "tokens_in",
+    "tokens_out",
+    "cost_usd",
+    "p50_latency_ms",
+    "p95_latency_ms",
+    "fallback_rate",
+)
+
+#: Every llm_calls column, in table order: the keys of a row dict and the columns of a CSV export.
+CALL_COLUMNS: tuple[str, ...] = (
+    "id",
+    "request_id",
+    "attempt",
+    "created_at",
+    "action",
+    "strategy",
+    "served_strategy",
+    "provider",
+    "model_id",
+    "tokens_in",
+    "tokens_out",
+    "latency_ms",
+    "cost_usd",
+    "success",
+    "status_code",
+    "error_class",
+    "error_message",
+    "stream",
+    "cache_hit",
+    "tenant_id",
+    "operation",
+    "end_user",
+    "source",
+    "metadata",
+)
+
+STATUSES = ("success", "error")
+MAX_PAGE_SIZE = 1000
+ExportFormat = Literal["csv", "jsonl"]
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+
+_SPAN = re.compile(r"^(\d+)\s*([smhdw])$")
+_SPAN_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+@dataclass(frozen=True, slots=True)
+class UsageFilters:
+    """Which llm_calls rows a report covers; None means "any". All given filters must hold.
+
+    `since` is inclusive and `until` exclusive (`since <= created_at < until`), both aware
+    datetimes. `status` is "success" or "error".
+    """
+
+    since: datetime | None = None
+    until: datetime | None = None
+    action: str | None = None
+    strategy: str | None = None
+    served_strategy: str | None = None
+    provider: str | None = None
+    model_id: str | None = None
+    status: Literal["success", "error"] | None = None
+    tenant_id: str | None = None
+    operation: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallsPage:
+    """One page of llm_calls rows, newest first: the body of `GET /usage/calls`."""
+
+    data: list[dict[str, Any]]
+    total: int
+    page: int
+    page_size: int
+
+    @property
+    def total_pages(self) -> int:
+        """How many pages `total` rows fill (0 when no row matches)."""
+        return math.ceil(self.total / self.page_size)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "data": self.data,
+            "total": self.total,
+            "page": self.page,
+            "page_size": self.page_size,
+            "total_pages": self.total_pages,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Figures per group and in total: the body of `GET /usage/summary`.
+
+    Each group dict holds its `group_by` keys, then the `FIGURES`; `totals` holds the `FIGURES`
+    over every matching row. Groups are ordered by cost (highest first), then by their keys.
+    """
+
+    group_by: list[str]
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    totals: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"groups": self.groups, "totals": self.totals}
+
+
+def parse_time(field_name: str, raw: str, now: datetime | None = None) -> datetime:
+    """An ISO 8601 time (naive means UTC) or a span back from now (`30m`, `24h`, `7d`, `2w`)."""
+    text = raw.strip()
+    span = _SPAN.match(text)
+    if span:
+        amount, unit = int(span.group(1)), span.group(2)
+        return (now or datetime.now(UTC)) - timedelta(**{_SPAN_UNITS[unit]: amount})
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageQueryError(
+            field_name,
+            f"{raw!r} is neither an ISO 8601 time (2025-03-01T12:00:00Z) "
+            "nor a span back from now (30m, 24h, 7d, 2w)",
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def parse_filters(**raw: str | None) -> UsageFilters:
+    """`UsageFilters` from raw strings keyed by filter name; None and blank values mean "any".
+
+    Raises `UsageQueryError` for an unknown filter name, a time that is neither ISO 8601 nor a
+    span, a status other than success|error, or `since` later than `until`.
+    """
+    return filters_from(raw)
+
+
+def filters_from(raw: Mapping[str, str | None], now: datetime | None = None) -> UsageFilters:
+    """`parse_filters` over a mapping (query parameters), with spans counted back from `now`."""
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in FILTER_NAMES:
+            raise UsageQueryError(name, f"unknown filter; valid filters: {', '.join(FILTER_NAMES)}")
+        if value is None or not value.strip():
+            continue
+        values[name] = value.strip()
+    anchor = now or datetime.now(UTC)
+    for name in ("since", "until"):
+        if name in values:
+            values[name] = parse_time(name, values[name], anchor)
+    if "status" in values:
+        status = values["status"].lower()
+        if status not in STATUSES:
+            raise UsageQueryError("status", f"{values['status']!r} is not one of: {', '.join(STATUSES)}")
+        values["status"] = status
+    since, until = values.get("since"), values.get("until")
+    if since is not None and until is not None and since > until:
+        raise UsageQueryError(
+            "since", f"{since.isoformat()} is later than until ({until.isoformat()}); swap them"
+        )
+    return UsageFilters(**values)
+
+
+def parse_group_by(raw: str | Sequence[str] | None) -> list[str]:
+    """Group keys from `"action,model_id"` (or a list of such strings); blank means no grouping."""
+    parts = [raw] if raw is None or isinstance(raw, str) else list(raw)
+    keys = [key.strip() for part in parts if part for key in part.split(",") if key.strip()]
+    for key in keys:
+        if key not in GROUP_KEYS:
+            raise UsageQueryError("group_by", f"unknown key {key!r}; valid keys: {', '.join(GROUP_KEYS)}")
+    duplicates = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicates:
+        raise UsageQueryError("group_by", f"{', '.join(duplicates)} given more than once")
+    return keys
+
+
+def parse_page(
+    page: str | int | None, page_size: str | int | None, default_size: int = 50
+) -> tuple[int, int]:
+    """`(page, page_size)`: page >= 1 (default 1), 1 <= page_size <= 1000 (default `default_size`)."""
+    number = _integer("page", page, 1)
+    size = _integer("page_size", page_size, default_size)
+    if number < 1:
+        raise UsageQueryError("page", f"must be 1 or more, got {number}")
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise UsageQueryError("page_size", f"must be between 1 and {MAX_PAGE_SIZE}, got {size}")
+    return number, size
+
+
+def _integer(field_name: str, raw: str | int | None, default: int) -> int:
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return default
+    if isinstance(raw, int):
+        return raw
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise UsageQueryError(field_name, f"{raw!r} is not a whole number") from None
+
+
+# --- export formats ------------------------------------------------------------------------------
+
+
+def jsonl_line(row: dict[str, Any]) -> str:
+    """One JSON object per line: the row dict as `GET /usage/calls` returns it."""
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+def csv_header() -> str:
+    """The CSV header line: every llm_calls column, in table order."""
+    return _csv_line(list(CALL_COLUMNS))
+
+
+def csv_line(row: dict[str, Any]) -> str:
+    """One CSV line for `row`: empty for null, true/false for booleans, JSON for `metadata`."""
+    return _csv_line([_csv_value(row.get(column)) for column in CALL_COLUMNS])
+
+
+def parse_export_format(raw: str) -> ExportFormat:
+    """`csv` or `jsonl` (any case); anything else is a `UsageQueryError` for `format`."""
+    value = raw.strip().lower()
+    if value == "csv":
+        return "csv"
+    if value == "jsonl":
+        return "jsonl"
+    raise UsageQueryError("format", f"{raw!r} is not one of: {', '.join(EXPORT_FORMATS)}")
+
+
+async def write_export(
+    rows: AsyncIterable[dict[str, Any]],
+    export_format: ExportFormat,
+    out: TextIO,
+    on_row: Callable[[], object] | None = None,
+) -> int:
+    """Write `rows` to `out` as CSV (with a header) or JSONL, one at a time; return how many.
+
+    Nothing is held beyond the current row, so an export of any size runs in constant memory when
+    `rows` streams (`course_llm.db.usage.iter_calls`). `on_row` is called after each row (a
+    progress bar's advance).
+    """
+    export_format = parse_export_format(export_format)
+    line = csv_line if export_format == "csv" else jsonl_line
+    if export_format == "csv":
+        out.write(csv_header())
+    written = 0
+    async for row in rows:
+        out.write(line(row))
+        written += 1
+        if on_row is not None:
+            on_row()
+    return written
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return str(value)
+
+
+def _csv_line(values: list[str]) -> str:
+    buffer = io.StringIO()
+    # "\n" rather than csv's default "\r\n": the file is opened in text mode by the caller.
+    csv.writer(buffer, lineterminator="\n").writerow(values)
+    return buffer.getvalue()

@@ -1,0 +1,213 @@
+"""`course-llm calls`, `usage` and `export` through Typer's CliRunner, on SQLite and PostgreSQL.
+
+The commands read `COURSE_LLM_DATABASE_URL`, pointed at the seeded test database. They run their
+own event loop (asyncio.run), so these tests are synchronous and seed with their own short loops.
+Expected figures come from the table in tests/usage_seed.py, worked out by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner, Result
+
+from course_llm.cli import app
+from course_llm.db import LLMCall, create_session_factory, dispose_session_factory
+from course_llm.usage import CALL_COLUMNS
+from tests.usage_seed import NEWEST_FIRST, seed
+
+runner = CliRunner()
+OLDEST_FIRST = NEWEST_FIRST[::-1]
+
+
+async def _reset(url: str, with_seed: bool) -> None:
+    factory = create_session_factory(url)
+    try:
+        async with factory() as session, session.begin():
+            await session.execute(sa.delete(LLMCall))
+        if with_seed:
+            await seed(factory)
+    finally:
+        await dispose_session_factory(factory)
+
+
+@pytest.fixture
+def seeded_url(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The test database holding exactly the seeded rows, named in COURSE_LLM_DATABASE_URL."""
+    asyncio.run(_reset(database_url, with_seed=True))
+    monkeypatch.setenv("COURSE_LLM_DATABASE_URL", database_url)
+    yield database_url
+    asyncio.run(_reset(database_url, with_seed=False))
+
+
+def run(*args: str) -> Result:
+    # A wide terminal, so rich tables are not wrapped and cells can be matched whole.
+    return runner.invoke(app, list(args), env={"COLUMNS": "250"})
+
+
+def _one_line_error(result: Result) -> str:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+@pytest.mark.usefixtures("seeded_url")
+def test_calls_json_is_the_http_page_shape_newest_first() -> None:
+    result = run("calls", "--json")
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert list(body) == ["data", "total", "page", "page_size", "total_pages"]
+    assert [(r["request_id"], r["attempt"]) for r in body["data"]] == NEWEST_FIRST
+    assert list(body["data"][0]) == list(CALL_COLUMNS)
+
+
+@pytest.mark.usefixtures("seeded_url")
+def test_calls_takes_every_filter_as_an_option() -> None:
+    result = run("calls", "--json", "--action", "course_structuring", "--strategy", "quality",
+                 "--served-strategy", "quality", "--provider", "anthropic", "--model", "claude-sonnet",
+                 "--status", "error", "--tenant", "globex", "--operation", "outline", "--request-id", "req-3",
+                 "--since", "2025-03-02T00:00:00Z", "--until", "2025-03-02T09:00:01")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [(r["request_id"], r["attempt"]) for r in json.loads(result.stdout)["data"]] == [("req-3", 1)]
+
+
+@pytest.mark.usefixtures("seeded_url")
+def test_calls_pages_cover_every_row_exactly_once() -> None:
+    seen = []
+    for page in (1, 2, 3):
+        result = run("calls", "--json", "--page", str(page), "--page-size", "4")
+        assert result.exit_code == 0, result.output
+        seen += [(r["request_id"], r["attempt"]) for r in json.loads(result.stdout)["data"]]
+    assert seen == NEWEST_FIRST
+
+
+@pytest.mark.usefixtures("seeded_url")
+def test_calls_prints_a_readable_table_with_the_page_count() -> None:
+    result = run("calls", "--page-size", "3")
+    assert result.exit_code == 0, result.output
+    assert "2025-03-02 13:00:00" in result.stdout
+    assert "text_processing / budget" in result.stdout
+    assert "course_structuring / quality → default" in result.stdout
+    assert "deepseek / deepseek-chat" in result.stdout
+    assert "503 ServiceUnavailableError" in result.stdout
+    assert "page 1 of 3 · 9 calls" in result.stdout
+
+
+@pytest.mark.usefixtures("seeded_url")
+def test_usage_json_is_the_http_summary_shape_with_exact_sums() -> None:
+    result = run("usage", "--group-by", "action,model_id", "--json")
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    got = [(g["action"], g["model_id"], g["calls"], g["tokens_in"], g["cost_usd"]) for g in body["groups"]]
+    assert got == [
+        ("video_analysis", "gemini-2.5-flash", 2, 3000, 1.5),
+        ("course_structuring", "gemini-2.5-flash", 1, 3000, 0.25),
+        ("text_processing", "deepseek-chat", 2, 500, 0.125),
+        ("presentation_analysis", "gemini-2.5-flash", 1, 100, 0.0625),
+        ("course_structuring", "claude-sonnet", 2, 0, 0.0),
+        ("video_analysis", "gemini-2.5-pro", 1, 0, 0.0),
+    ]
+    assert (body["totals"]["calls"], body["totals"]["cost_usd"]) == (9, 1.9375)
+
+
+@pytest.mark.usefixtures("seeded_url")
+def test_usage_filters_before_grouping() -> None:
+    result = run("usage", "--group-by", "tenant_id", "--status", "success", "--json")
+    assert result.exit_code == 0, result.output
+    groups = json.loads(result.stdout)["groups"]
+    assert [(g["tenant_id"], g["calls"], g["cost_usd"]) for g in groups] == [
+        ("acme", 3, 1.5625),
+        ("globex", 1, 0.25),
+        (None, 1, 0.125),
+    ]
+
+
+@pytest.mark.usefixtures("seeded_url")
+def test_usage_prints_one_row_per_group_and_a_totals_row() -> None:
+    result = run("usage", "--group-by", "day")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    day_one = next(line for line in lines if "2025-03-01" in line)
+    assert [cell.strip() for cell in day_one.split("│")[2:7]] == ["4", "1", "25.0", "3,100", "650"]
+    total = next(line for line in lines if "total" in line)
+    assert "1.937500" in total and "44.4" in total and "40.0" in total  # cost, error %, fallback %
+
+
+def test_export_csv_holds_every_filtered_row_oldest_first(seeded_url: str, tmp_path: Path) -> None:
+    output = tmp_path / "errors.csv"
+    result = run("export", "--format", "csv", "--output", str(output), "--status", "error")
+    assert result.exit_code == 0, result.output
+    assert f"wrote 4 calls to {output}" in result.stdout.replace("\n", "")
+    with output.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["request_id"], int(r["attempt"])) for r in rows] == [
+        ("req-1", 1),
+        ("req-3", 1),
+        ("req-3", 2),
+        ("req-5", 1),
+    ]
+    assert list(rows[0]) == list(CALL_COLUMNS)
+    assert {r["success"] for r in rows} == {"false"}
+    assert json.loads(rows[0]["metadata"]) == {"tags": {"seed": "req-1"}}
+
+
+def test_export_jsonl_holds_every_row_as_the_api_returns_it(seeded_url: str, tmp_path: Path) -> None:
+    output = tmp_path / "all.jsonl"
+    result = run("export", "--format", "jsonl", "-o", str(output))
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    assert [(r["request_id"], r["attempt"]) for r in rows] == OLDEST_FIRST
+    api_rows = json.loads(run("calls", "--json").stdout)["data"]
+    assert rows == api_rows[::-1]
+
+
+def test_export_of_nothing_writes_only_the_csv_header(seeded_url: str, tmp_path: Path) -> None:
+    output = tmp_path / "none.csv"
+    result = run("export", "--output", str(output), "--action", "no_such_action")
+    assert result.exit_code == 0, result.output
+    assert output.read_text(encoding="utf-8") == ",".join(CALL_COLUMNS) + "\n"
+
+
+@pytest.mark.usefixtures("seeded_url")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["calls", "--status", "ok"], "error: status: 'ok' is not one of: success, error"),
+        (["calls", "--since", "soon"], "error: since: 'soon' is neither an ISO 8601 time"),
+        (["calls", "--page-size", "0"], "error: page_size: must be between 1 and 1000, got 0"),
+        (["usage", "--group-by", "action,price"], "error: group_by: unknown key 'price'"),
+        (["usage", "--since", "2025-03-02", "--until", "2025-03-01"], "error: since: 2025-03-02T00:00:00"),
+        (["export", "--format", "xml", "-o", "x.xml"], "error: format: 'xml' is not one of: csv, jsonl"),
+    ],
+)  # fmt: skip
+def test_a_bad_option_value_is_one_line_and_exit_1(args: list[str], message: str) -> None:
+    assert _one_line_error(run(*args)).startswith(message)
+
+
+def test_a_database_without_the_table_is_one_line_and_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COURSE_LLM_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
+    line = _one_line_error(run("usage", "--group-by", "action"))
+    assert line.startswith("error: database error:") and "llm_calls" in line
+
+
+def test_an_unreachable_database_server_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Port 9 (discard) has no PostgreSQL behind it: the connection is refused at once.
+    monkeypatch.setenv("COURSE_LLM_DATABASE_URL", "postgresql://postgres@127.0.0.1:9/nowhere")
+    line = _one_line_error(run("calls"))
+    assert line.startswith("error: ")
+
+
+@pytest.mark.usefixtures("seeded_url")
+def test_an_export_to_a_missing_directory_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    line = _one_line_error(run("export", "-o", str(tmp_path / "missing" / "calls.csv")))
+    assert line.startswith("error: cannot write ") and "No such file or directory" in line
