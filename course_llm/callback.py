@@ -31,13 +31,42 @@ log = structlog.get_logger()
 ROUTER_TAG = "course_llm_router"
 #: Metadata key for caller metadata that is not attribution (lands in the row's metadata column).
 EXTRA_KEY = "course_llm_extra"
-_ATTRIBUTION_KEYS = frozenset({"tenant_id", "operation", "tags"})
+#: The request id course_llm gave the request (the proxy's LiteLLM failure events carry another).
+REQUEST_ID_KEY = "course_llm_request_id"
+#: The caller's tags as given (a mapping or a list); LiteLLM itself gets `litellm_tags(tags)`.
+TAGS_KEY = "course_llm_tags"
+_ATTRIBUTION_KEYS = frozenset({"tenant_id", "operation", "tags", TAGS_KEY, REQUEST_ID_KEY})
+#: What LiteLLM's proxy adds to the caller's metadata: request headers (credentials, cookies) and
+#: its own bookkeeping. Never stored in a row.
+_LITELLM_KEYS = frozenset({"headers", "used_client_oauth_token", "requester_metadata"})
+_LITELLM_PREFIXES = ("user_api_key", "litellm", "course_llm")
+
+
+def _caller_key(key: Any) -> bool:
+    name = str(key)
+    return (
+        name not in _ATTRIBUTION_KEYS and name not in _LITELLM_KEYS and not name.startswith(_LITELLM_PREFIXES)
+    )
+
 
 load_litellm()
 from litellm.integrations.custom_logger import CustomLogger  # noqa: E402 (after load_litellm's env)
 
 # ---------------------------------------------------------------------------------------------
 # Pure mapping
+
+
+def litellm_tags(tags: Any) -> list[str]:
+    """Tags in LiteLLM's own form, a list of strings: `{"course": "bio"}` → `["course:bio"]`.
+
+    LiteLLM fails to build its logging payload (and so drops tokens and the trace id) when
+    `metadata.tags` is anything but a list.
+    """
+    if isinstance(tags, Mapping):
+        return [f"{key}:{value}" for key, value in tags.items()]
+    if isinstance(tags, list | tuple | set | frozenset):
+        return [str(tag) for tag in tags]
+    return [str(tags)] if tags else []
 
 
 def split_group(group: str | None) -> tuple[str, str]:
@@ -75,8 +104,8 @@ def _attribution(metadata: Mapping[str, Any]) -> tuple[str | None, str | None, d
     if isinstance(facade_extra, Mapping):
         extra.update(facade_extra)
     elif caller is requester:
-        extra.update({k: v for k, v in caller.items() if k not in _ATTRIBUTION_KEYS})
-    tags = caller.get("tags", metadata.get("tags"))
+        extra.update({k: v for k, v in caller.items() if _caller_key(k)})
+    tags = metadata.get(TAGS_KEY) or caller.get(TAGS_KEY) or caller.get("tags", metadata.get("tags"))
     if tags:
         extra["tags"] = tags
     tenant = caller.get("tenant_id", metadata.get("tenant_id"))
@@ -96,6 +125,20 @@ def _json_safe(value: Any) -> Any:
     if value is None or isinstance(value, str | int | float | bool):
         return value
     return str(value)
+
+
+def _request_id(metadata: Mapping[str, Any], *fallbacks: Any) -> str:
+    for candidate in (metadata.get(REQUEST_ID_KEY), *fallbacks):
+        if candidate:
+            return str(candidate)
+    return ""
+
+
+def _usage(response_obj: Any) -> tuple[int | None, int | None]:
+    usage = getattr(response_obj, "usage", None)
+    return _int_or_none(getattr(usage, "prompt_tokens", None)), _int_or_none(
+        getattr(usage, "completion_tokens", None)
+    )
 
 
 def _deployment(model_info: Mapping[str, Any] | None, fallback_group: str | None) -> tuple[str, str, str]:
@@ -136,6 +179,8 @@ def record_from_success(
     ended = _as_utc(end_time)
     tokens_in = _int_or_none(slo.get("prompt_tokens"))
     tokens_out = _int_or_none(slo.get("completion_tokens"))
+    if tokens_in is None and tokens_out is None:
+        tokens_in, tokens_out = _usage(response_obj)
     cost = registry_cost(model_info, tokens_in, tokens_out)
     if cost is None and isinstance(slo.get("response_cost"), int | float):
         cost = float(slo["response_cost"])
@@ -146,8 +191,8 @@ def record_from_success(
     if (usage := (slo_metadata.get("usage_object") or {})) and usage.get("course_llm_estimated"):
         extra["usage_estimated"] = True
     return CallRecord(
-        request_id=str(
-            slo.get("trace_id") or kwargs.get("litellm_trace_id") or kwargs.get("litellm_call_id")
+        request_id=_request_id(
+            metadata, slo.get("trace_id"), kwargs.get("litellm_trace_id"), kwargs.get("litellm_call_id")
         ),
         attempt=0,
         created_at=started,
@@ -193,7 +238,9 @@ def record_from_failure(
     end_user = request_data.get("user") or metadata.get("user_api_key_end_user_id")
     provider = model_info.get("course_llm_provider") or details.get("custom_llm_provider") or ""
     return CallRecord(
-        request_id=str(request_data.get("litellm_trace_id") or request_data.get("litellm_call_id")),
+        request_id=_request_id(
+            metadata, request_data.get("litellm_trace_id"), request_data.get("litellm_call_id")
+        ),
         attempt=0,
         created_at=started,
         action=action or served_action,
@@ -308,13 +355,19 @@ class CallLogger(CustomLogger):
             metadata = _metadata(params)
             if not self._mine(metadata):
                 return
-            request_id = str(kwargs.get("litellm_trace_id") or "")
+            slo = kwargs.get("standard_logging_object") or {}
+            request_id = _request_id(metadata, slo.get("trace_id"), kwargs.get("litellm_trace_id"))
             model_info = params.get("model_info") or metadata.get("model_info") or {}
             # Recorded already by the deployment hook, or never reached a model: not an attempt.
             if not request_id or self.attempts_recorded(request_id) or not model_info.get("id"):
                 return
             exception = kwargs.get("exception") or RuntimeError(str(response_obj or "unknown failure"))
-            data = {**kwargs, "metadata": metadata, "model_info": model_info, "user": kwargs.get("user")}
+            data = {
+                **kwargs,
+                "metadata": {**metadata, REQUEST_ID_KEY: request_id},
+                "model_info": model_info,
+                "user": kwargs.get("user"),
+            }
             record = record_from_failure(data, exception, source=self._source, now=_as_utc(end_time))
             record.created_at = _as_utc(kwargs.get("api_call_start_time") or start_time)
             record.latency_ms = max((_as_utc(end_time) - record.created_at).total_seconds() * 1000, 0.0)

@@ -22,6 +22,8 @@ from course_llm.registry import DEFAULT_STRATEGY, ModelConfig, Registry
 
 #: LiteLLM resolves this dotted path to the proxy's logger instance (course_llm/proxy/callback.py).
 PROXY_CALLBACK = "course_llm.proxy.callback.logger"
+#: The proxy's auth function: the master key only, 401 otherwise (course_llm/proxy/auth.py).
+PROXY_AUTH = "course_llm.proxy.auth.user_api_key_auth"
 MASTER_KEY_REF = "os.environ/LITELLM_MASTER_KEY"
 
 
@@ -151,7 +153,7 @@ def compile_proxy_config(
             # dropped rather than failing the attempt.
             "drop_params": True,
         },
-        "general_settings": {"master_key": MASTER_KEY_REF},
+        "general_settings": {"master_key": MASTER_KEY_REF, "custom_auth": PROXY_AUTH},
     }
 
 

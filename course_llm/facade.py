@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from course_llm._litellm import add_callback, flush_logging_worker, load_litellm, remove_callback
-from course_llm.callback import EXTRA_KEY, ROUTER_TAG, CallLogger
+from course_llm.callback import EXTRA_KEY, REQUEST_ID_KEY, ROUTER_TAG, TAGS_KEY, CallLogger, litellm_tags
 from course_llm.compiler import compile_router_config, group_name, parse_deployment_id
 from course_llm.errors import (
     AllModelsFailedError,
@@ -231,9 +231,11 @@ class ModelRouter:
         call_metadata: dict[str, Any] = {
             ROUTER_TAG: self._tag,
             "original_model_group": group_name(action, strategy),
+            REQUEST_ID_KEY: request_id,
             "tenant_id": scope.tenant_id,
             "operation": scope.operation,
-            "tags": dict(scope.tags),
+            "tags": litellm_tags(scope.tags),
+            TAGS_KEY: dict(scope.tags),
             EXTRA_KEY: dict(metadata or {}),
         }
         if scope.end_user is not None:

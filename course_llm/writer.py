@@ -21,7 +21,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +60,9 @@ class RecordWriter:
         write_timeout_s: float = 10.0,
         retry_attempts: int = 3,
         probe_interval_s: float = 2.0,
+        prepare: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """`prepare` runs once before the first write (the proxy migrates the database there)."""
         self._session_factory = session_factory
         self.spool_path = Path(spool_path)
         self._max_queue = max_queue
@@ -69,6 +71,7 @@ class RecordWriter:
         self._write_timeout_s = write_timeout_s
         self._retry_attempts = retry_attempts
         self._probe_interval_s = probe_interval_s
+        self._prepare = prepare
         self._buffer: deque[CallRecord] = deque()
         self._spill_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -109,6 +112,10 @@ class RecordWriter:
         elif not loop.is_closed():
             loop.call_soon_threadsafe(wake.set)
 
+    def start(self) -> None:
+        """Start the background task now (it runs `prepare`, then replays any spool), if a loop runs."""
+        self._ensure_started()
+
     def _ensure_started(self) -> None:
         if self._task is not None and not self._task.done():
             return
@@ -138,6 +145,12 @@ class RecordWriter:
 
     async def _run(self) -> None:
         assert self._wake is not None
+        if self._prepare is not None:
+            prepare, self._prepare = self._prepare, None
+            try:
+                await prepare()
+            except Exception as exc:  # rows still flow: they wait in the spool if writes fail
+                log.error("llm_calls_prepare_failed", error=repr(exc))
         await self._replay_spool()
         while True:
             with contextlib.suppress(TimeoutError):

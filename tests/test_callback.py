@@ -104,7 +104,14 @@ def test_success_payload_maps_to_a_full_row() -> None:
 
 def test_proxy_requester_metadata_is_the_attribution() -> None:
     kwargs = success_kwargs(
-        requester_metadata={"tenant_id": "t1", "operation": "op", "tags": ["a", "b"], "ticket": 7},
+        requester_metadata={
+            "tenant_id": "t1",
+            "operation": "op",
+            "tags": ["a", "b"],
+            "ticket": 7,
+            "headers": {"authorization": "Bearer sk-secret", "cookie": "session=1"},
+            "used_client_oauth_token": False,
+        },
         user_api_key_hash="should-not-be-stored",
     )
     record = record_from_success(kwargs, None, None, datetime.now(), source="proxy")

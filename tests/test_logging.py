@@ -97,6 +97,8 @@ async def test_call_scope_attribution_lands_on_every_row(
     await logged_router.flush()
     rows = await fetch_request(session_factory, response.request_id)
     assert len(rows) == 2
+    # A tags mapping must not break LiteLLM's own payload (it once dropped the tokens).
+    assert (rows[1].tokens_in, rows[1].tokens_out) == (TOKENS_IN, TOKENS_OUT)
     for row in rows:
         assert (row.tenant_id, row.operation, row.end_user) == ("acme", "grade_essay", "u-7")
         assert row.metadata_ == {"essay_id": 42, "tags": {"course": "bio101"}}

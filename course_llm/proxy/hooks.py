@@ -1,0 +1,237 @@
+"""The proxy side of the callback: one ProxyLogger per process, plus the proxy-only hooks.
+
+ProxyLogger is the CallLogger of the LiteLLM proxy (`source="proxy"`). Besides recording every
+attempt, it
+- rejects an unknown action or strategy with HTTP 400 naming the valid ones, before routing;
+- gives each request a time-ordered request id (`litellm_trace_id`) and returns it in the
+  `x-course-llm-request-id` response header, so a caller can find its rows;
+- asks the upstream for usage on streamed calls (`stream_options.include_usage`), and hides the
+  extra usage chunk from clients that did not ask for it;
+- flushes pending rows when the proxy shuts down (SIGTERM included), in `course-llm serve` and in
+  plain `litellm --config proxy_config.yaml` alike.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Callable, Mapping
+from typing import Any
+
+import structlog
+from fastapi import HTTPException
+
+from course_llm._litellm import flush_logging_worker
+from course_llm.callback import REQUEST_ID_KEY, TAGS_KEY, CallLogger, litellm_tags, split_group
+from course_llm.records import CallRecord, new_id
+from course_llm.settings import Settings
+from course_llm.writer import RecordWriter
+
+log = structlog.get_logger()
+
+REQUEST_ID_HEADER = "x-course-llm-request-id"
+_MAX_TRACKED_FAILURES = 10_000
+_STRIP_USAGE = "course_llm_strip_usage"
+
+_instance: ProxyLogger | None = None
+
+
+def proxy_logger() -> ProxyLogger:
+    """The process-wide ProxyLogger (created on first use, from `Settings()`)."""
+    global _instance
+    if _instance is None:
+        _instance = ProxyLogger(Settings())
+        _instance.install_shutdown_flush()
+        # LiteLLM loads callbacks during the proxy's start-up, inside its event loop: start the
+        # writer there, so the database is migrated and any old spool replayed before traffic.
+        _instance.writer.start()
+    return _instance
+
+
+class ProxyLogger(CallLogger):
+    """Records proxy attempts into the database named by the settings, and guards requests."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(self._record, source="proxy")
+        self.settings = settings
+        self._writer: RecordWriter | None = None
+        self._session_factory: Any = None
+        self._observers: list[Callable[[CallRecord], None]] = []
+        # Failed attempts per request (bounded), to tell a client every attempt when all failed.
+        self._failures: OrderedDict[str, list[CallRecord]] = OrderedDict()
+
+    # -- rows ----------------------------------------------------------------------------------
+
+    @property
+    def session_factory(self) -> Any:
+        if self._session_factory is None:
+            from course_llm.db import create_session_factory
+
+            self._session_factory = create_session_factory(self.settings.database_url)
+        return self._session_factory
+
+    @property
+    def writer(self) -> RecordWriter:
+        if self._writer is None:
+            from course_llm.db import upgrade_database_async
+
+            url = self.settings.database_url
+            self._writer = RecordWriter(
+                self.session_factory,
+                spool_path=self.settings.spool_path,
+                max_queue=self.settings.log_queue_size,
+                # Plain `litellm --config` never ran `course-llm db upgrade`: migrate first.
+                prepare=lambda: upgrade_database_async(url),
+            )
+        return self._writer
+
+    def add_observer(self, observer: Callable[[CallRecord], None]) -> None:
+        """Also hand every row to `observer` (the Prometheus metrics)."""
+        self._observers.append(observer)
+
+    def _record(self, record: CallRecord) -> None:
+        self.writer.submit(record)
+        if not record.success:
+            self._failures.setdefault(record.request_id, []).append(record)
+            self._failures.move_to_end(record.request_id)
+            if len(self._failures) > _MAX_TRACKED_FAILURES:
+                self._failures.popitem(last=False)
+        for observer in self._observers:
+            try:
+                observer(record)
+            except Exception as exc:  # metrics must never cost a row
+                log.error("llm_call_observer_failed", error=repr(exc))
+
+    async def aclose(self) -> None:
+        """Deliver LiteLLM's pending events, then write (or spool) every pending row."""
+        await flush_logging_worker()
+        if self._writer is not None:
+            await self._writer.aclose()
+            log.info("llm_calls_flushed_at_shutdown", **self._writer.stats())
+
+    def install_shutdown_flush(self) -> None:
+        """Make the proxy's shutdown (lifespan exit, e.g. on SIGTERM) flush rows first."""
+        proxy_server = sys.modules.get("litellm.proxy.proxy_server")
+        original = getattr(proxy_server, "proxy_shutdown_event", None)
+        if proxy_server is None or original is None or getattr(original, "_course_llm", False):
+            return
+
+        async def proxy_shutdown_event(*args: Any, **kwargs: Any) -> None:
+            try:
+                await self.aclose()
+            finally:
+                await original(*args, **kwargs)
+
+        proxy_shutdown_event._course_llm = True  # type: ignore[attr-defined]
+        setattr(proxy_server, "proxy_shutdown_event", proxy_shutdown_event)  # noqa: B010 (module attr)
+
+    # -- request guards ------------------------------------------------------------------------
+
+    async def async_pre_call_hook(
+        self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
+    ) -> Any:
+        if not isinstance(data, dict) or "model" not in data:
+            return data
+        reason = unknown_model_reason(str(data["model"]), _router_groups()) or invalid_body_reason(data)
+        if reason:
+            raise HTTPException(status_code=400, detail={"error": reason})
+        request_id = str(data.setdefault("litellm_trace_id", str(new_id())))
+        metadata = data.get("metadata")
+        if not isinstance(metadata, dict):
+            metadata = data["metadata"] = {}
+        metadata[REQUEST_ID_KEY] = request_id
+        if "tags" in metadata and not _is_string_list(metadata["tags"]):
+            metadata[TAGS_KEY] = metadata["tags"]
+            metadata["tags"] = litellm_tags(metadata["tags"])
+        if data.get("stream"):
+            options = data.get("stream_options") or {}
+            if not options.get("include_usage"):
+                data["stream_options"] = {**options, "include_usage": True}
+                metadata[_STRIP_USAGE] = True
+        return data
+
+    async def async_post_call_failure_hook(
+        self,
+        request_data: dict[str, Any],
+        original_exception: Exception,
+        user_api_key_dict: Any,
+        traceback_str: str | None = None,
+    ) -> HTTPException | None:
+        """When every model failed, answer with the last attempt's status and list every attempt."""
+        if not isinstance(request_data, dict):
+            return None
+        request_id = str(request_data.get("litellm_trace_id") or "")
+        attempts = self._failures.pop(request_id, None)
+        if not attempts:
+            return None  # rejected before any model was tried (bad key, bad body, unknown action)
+        last = attempts[-1]
+        tried = "; ".join(
+            f"#{a.attempt} {a.model_id} ({a.served_strategy}): {a.status_code or '-'} {a.error_class}"
+            for a in attempts
+        )
+        message = f"all models failed for {last.action}/{last.strategy} (request {request_id}): {tried}"
+        return HTTPException(status_code=last.status_code or 502, detail=message)
+
+    async def async_post_call_response_headers_hook(
+        self,
+        data: dict[str, Any],
+        user_api_key_dict: Any,
+        response: Any,
+        request_headers: dict[str, str] | None = None,
+        litellm_call_info: dict[str, object] | None = None,
+    ) -> dict[str, str] | None:
+        request_id = data.get("litellm_trace_id") if isinstance(data, dict) else None
+        return {REQUEST_ID_HEADER: str(request_id)} if request_id else None
+
+    async def async_post_call_streaming_iterator_hook(
+        self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any]
+    ) -> AsyncGenerator[Any, None]:
+        metadata = request_data.get("metadata") if isinstance(request_data, dict) else None
+        strip = isinstance(metadata, dict) and metadata.get(_STRIP_USAGE)
+        async for chunk in response:
+            if strip and not getattr(chunk, "choices", None) and getattr(chunk, "usage", None) is not None:
+                continue  # the usage chunk we asked for on the client's behalf
+            yield chunk
+
+
+def _router_groups() -> tuple[set[str], Mapping[str, str]]:
+    proxy_server = sys.modules.get("litellm.proxy.proxy_server")
+    router = getattr(proxy_server, "llm_router", None)
+    if router is None:
+        return set(), {}
+    return set(router.get_model_names()), dict(getattr(router, "model_group_alias", None) or {})
+
+
+def _is_string_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def invalid_body_reason(data: Mapping[str, Any]) -> str | None:
+    """Why a chat request body cannot be sent to any model; None when it can."""
+    if "messages" not in data:
+        return None  # not a chat call (embeddings, responses…): LiteLLM validates those itself
+    messages = data["messages"]
+    if not isinstance(messages, list) or not messages:
+        return "messages must be a non-empty list of {role, content} objects"
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
+            return f"messages[{index}] must be an object with a string 'role'"
+    metadata = data.get("metadata")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        return "metadata must be an object such as {tenant_id, operation, tags}"
+    return None
+
+
+def unknown_model_reason(model: str, groups: tuple[set[str], Mapping[str, str]]) -> str | None:
+    """Why `model` names no action/strategy the proxy serves, listing the valid ones; None if it does."""
+    names, aliases = groups
+    if not names or model in names or model in aliases:
+        return None
+    served = [split_group(name) for name in names if "/" in name]
+    actions = sorted({action for action, _ in served})
+    action, strategy = split_group(model)
+    if action not in actions:
+        valid = ", ".join(actions)
+        return f"unknown action {action!r}; valid actions: {valid} (model is <action> or <action>/<strategy>)"
+    strategies = sorted({s for a, s in served if a == action})
+    return f"unknown strategy {strategy!r} for action {action!r}; valid strategies: {', '.join(strategies)}"
