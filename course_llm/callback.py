@@ -188,8 +188,6 @@ def record_from_success(
     slo_metadata = slo.get("metadata") or {}
     end_user = kwargs.get("user") or params.get("user") or slo.get("end_user")
     end_user = end_user or slo_metadata.get("user_api_key_end_user_id")
-    if (usage := (slo_metadata.get("usage_object") or {})) and usage.get("course_llm_estimated"):
-        extra["usage_estimated"] = True
     return CallRecord(
         request_id=_request_id(
             metadata, slo.get("trace_id"), kwargs.get("litellm_trace_id"), kwargs.get("litellm_call_id")

@@ -167,7 +167,8 @@ async def openai_chat(request: Request) -> Response:
         message = {"role": "assistant", "content": reply, "refusal": None}
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
         return JSONResponse({**head, "object": "chat.completion", "choices": [choice], "usage": usage})
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    # A model named "...no-usage..." ignores include_usage, as some OpenAI-compatible servers do.
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage")) and "no-usage" not in model
     head |= {"object": "chat.completion.chunk"}
     tail: dict[str, Any] = {"usage": None} if include_usage else {}
 

@@ -46,6 +46,13 @@ def e2e_registry(up: FakeUpstream, path: Path) -> Path:
     for model in data["models"].values():
         model["api_base"] = bases.get(model["provider"], up.base_url)
         model["api_key_env"] = "FAKE_UPSTREAM_KEY"
+    # An upstream that ignores stream_options.include_usage, as some compatible servers do.
+    data["models"]["quiet-model"] = {
+        **data["models"]["deepseek-chat"],
+        "provider": "openai",
+        "model": "quiet-no-usage",
+    }
+    data["routing"]["text_processing"]["quiet"] = ["quiet-model"]
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -242,7 +249,21 @@ async def test_a_streamed_call_is_logged_with_real_token_counts(
             usage_chunks[0].usage.completion_tokens,
         )
     assert row.cost_usd is not None and row.cost_usd > 0
-    assert "usage_estimated" not in row.metadata_  # the upstream was asked for, and gave, usage
+
+
+async def test_a_stream_whose_upstream_sends_no_usage_is_still_counted(
+    proxy: ProxyProcess, up: FakeUpstream, db_url: str
+) -> None:
+    raw = await client(proxy).chat.completions.with_raw_response.create(
+        model="text_processing/quiet",
+        messages=[{"role": "user", "content": "Stream an answer about mitochondria."}],
+        stream=True,
+    )
+    text = "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
+    [row] = await rows_of(db_url, raw.headers[REQUEST_ID], 1)
+    assert text and row.success and row.stream
+    # LiteLLM counts the tokens itself; it gives no sign that it did, so the row cannot say so.
+    assert row.tokens_in is not None and row.tokens_out is not None and row.tokens_out > 1 and row.cost_usd
 
 
 async def test_attribution_from_the_body_lands_on_the_rows(

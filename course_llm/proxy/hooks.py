@@ -22,7 +22,13 @@ import structlog
 from fastapi import HTTPException
 
 from course_llm._litellm import flush_logging_worker
-from course_llm.callback import REQUEST_ID_KEY, TAGS_KEY, CallLogger, litellm_tags, split_group
+from course_llm.callback import (
+    REQUEST_ID_KEY,
+    TAGS_KEY,
+    CallLogger,
+    litellm_tags,
+    split_group,
+)
 from course_llm.records import CallRecord, new_id
 from course_llm.settings import Settings
 from course_llm.writer import RecordWriter
@@ -189,7 +195,7 @@ class ProxyLogger(CallLogger):
         metadata = request_data.get("metadata") if isinstance(request_data, dict) else None
         strip = isinstance(metadata, dict) and metadata.get(_STRIP_USAGE)
         async for chunk in response:
-            if strip and not getattr(chunk, "choices", None) and getattr(chunk, "usage", None) is not None:
+            if strip and getattr(chunk, "usage", None) is not None and not getattr(chunk, "choices", None):
                 continue  # the usage chunk we asked for on the client's behalf
             yield chunk
 
