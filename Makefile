@@ -32,6 +32,7 @@ check: lint types test
 bench: $(STAMP)  ## benchmarks with figures (not part of make test)
 	$(BIN)/python bench/bench_logging.py
 	$(BIN)/python bench/bench_usage.py
+	$(BIN)/python bench/bench_proxy.py
 
 compile: $(STAMP)  ## regenerate proxy_config.yaml from config/models.yaml
 	$(BIN)/course-llm compile

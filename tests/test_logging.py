@@ -172,3 +172,21 @@ async def test_a_writer_that_fails_never_breaks_the_call(
         assert [r.request_id for r in writer.spooled()] == [response.request_id]
     finally:
         await dispose_session_factory(factory)
+
+
+async def test_the_one_line_complete_answers_and_logs_to_the_settings_database(
+    providers: ProviderMock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import course_llm
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'one-line.db'}"
+    monkeypatch.setenv("COURSE_LLM_DATABASE_URL", url)
+    monkeypatch.setenv("COURSE_LLM_SPOOL_PATH", str(tmp_path / "spool.jsonl"))
+    response = await course_llm.complete("text_processing", "hello", strategy="budget")
+    assert (response.model_id, response.served_strategy) == ("deepseek-chat", "budget")
+    factory = create_session_factory(url)
+    try:
+        [row] = await fetch_request(factory, response.request_id)  # flushed before returning
+        assert (row.success, row.source, row.strategy) == (True, "sdk", "budget")
+    finally:
+        await dispose_session_factory(factory)

@@ -342,7 +342,7 @@ async def test_sigterm_under_load_keeps_the_rows_of_every_completed_call(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     upstream.reset()
-    upstream.set_behaviour("*", delay_ms=400)
+    upstream.set_behaviour("*", delay_ms=1500)
     db_url = f"sqlite+aiosqlite:///{tmp_path / 'sigterm.db'}"
     port = free_port()
     registry = e2e_registry(upstream, tmp_path / "models.yaml")
@@ -355,7 +355,10 @@ async def test_sigterm_under_load_keeps_the_rows_of_every_completed_call(
     try:
         calls = [ask(process, "text_processing", f"question {i}") for i in range(16)]
         tasks = [asyncio.ensure_future(call) for call in calls]
-        await asyncio.sleep(0.25)  # every request is in flight upstream
+        deadline = time.monotonic() + 60
+        while len(upstream.requests("deepseek-chat")) < len(tasks) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # SIGTERM once every request is in flight upstream
+        assert len(upstream.requests("deepseek-chat")) == len(tasks), process.log()[-3000:]
         process.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         results = await asyncio.gather(*tasks, return_exceptions=True)
         # uvicorn shuts down gracefully, then re-raises the signal: -15 is a clean exit.
@@ -363,13 +366,8 @@ async def test_sigterm_under_load_keeps_the_rows_of_every_completed_call(
     finally:
         process.stop()
         upstream.reset()
-    completed = [
-        request_id
-        for result in results
-        if not isinstance(result, BaseException)
-        for request_id in [result[0]]
-    ]
-    assert completed, f"no call completed: {results}"
+    completed = [result[0] for result in results if not isinstance(result, BaseException)]
+    assert len(completed) == len(tasks), f"in-flight calls were dropped: {results}"
     for request_id in completed:
         assert len(await rows_of(db_url, request_id, 1, timeout_s=2)) == 1, request_id
 
