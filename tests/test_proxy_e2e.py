@@ -30,6 +30,7 @@ from course_llm.db import (
 )
 from tests.fake_upstream import FakeUpstream
 from tests.proxy_process import ProxyProcess, free_port, litellm_argv, serve_argv
+from tests.test_dashboard import chromium, dump_dom  # noqa: F401 (chromium is a fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -479,3 +480,41 @@ async def test_plain_litellm_with_the_compiled_config_logs_the_same_rows(
     finally:
         process.stop()
         upstream.reset()
+
+
+@pytest.mark.browser
+async def test_the_dashboard_of_a_running_proxy_shows_its_calls(
+    chromium: str,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    db_url = f"sqlite+aiosqlite:///{tmp_path / 'dash.db'}"
+    port = free_port()
+    process = ProxyProcess(
+        serve_argv("--mock", "--port", str(port)), proxy_env(db_url, tmp_path), port, tmp_path / "log"
+    )
+    process.start()
+    try:
+        fallback_id, _ = await ask(
+            process, "course_structuring/quality", "outline [mock-fail claude-sonnet=500]"
+        )
+        plain_id, _ = await ask(process, "text_processing")
+        await rows_of(db_url, plain_id, 1)
+        await rows_of(db_url, fallback_id, 3)
+        url = f"{process.base_url}/dashboard#key={KEY}&request={fallback_id}"
+        dom = await asyncio.to_thread(dump_dom, chromium, tmp_path_factory.mktemp("chromium"), url)
+    finally:
+        process.stop()
+    listed = {
+        row.attrs["data-request-id"]
+        for row in dom.by_id("calls-table").select("tr")
+        if "data-request-id" in row.attrs
+    }
+    assert {fallback_id, plain_id} <= listed
+    assert int(dom.by_id("chart-cost-by-action").attrs["data-bars"]) >= 1  # today's stacked bar
+    attempts = dom.by_id("request-detail").select("li")
+    assert [(li.attrs["data-attempt"], li.attrs["data-model"]) for li in attempts] == [
+        ("1", "claude-sonnet"),
+        ("2", "claude-sonnet"),
+        ("3", "gemini-2.5-pro"),
+    ]
