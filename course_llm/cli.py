@@ -157,11 +157,17 @@ GROUP_BY_HELP = (
 )
 
 
-def _filters(**raw: str | None) -> Any:
-    from course_llm.usage import filters_from
+#: Option names that differ from the filter names they set (`--model` sets model_id, …).
+_OPTION_TO_FILTER = {"model": "model_id", "tenant": "tenant_id"}
 
+
+def _filters(options: dict[str, Any]) -> Any:
+    """The UsageFilters named by a command's filter options (its `locals()`)."""
+    from course_llm.usage import FILTER_NAMES, filters_from
+
+    raw = {_OPTION_TO_FILTER.get(name, name): value for name, value in options.items()}
     with user_errors():
-        return filters_from(raw)
+        return filters_from({name: raw.get(name) for name in FILTER_NAMES})
 
 
 def _query(run: Callable[[Any], Any]) -> Any:
@@ -212,19 +218,7 @@ def calls(
     from course_llm.db.usage import list_calls
     from course_llm.usage import parse_page
 
-    filters = _filters(
-        since=since,
-        until=until,
-        action=action,
-        strategy=strategy,
-        served_strategy=served_strategy,
-        provider=provider,
-        model_id=model,
-        status=status,
-        tenant_id=tenant,
-        operation=operation,
-        request_id=request_id,
-    )
+    filters = _filters(locals())
     with user_errors():
         page, page_size = parse_page(page, page_size)
     result = _query(lambda factory: list_calls(factory, filters, page, page_size))
@@ -255,19 +249,7 @@ def usage(
     from course_llm.db.usage import summarize
     from course_llm.usage import parse_group_by
 
-    filters = _filters(
-        since=since,
-        until=until,
-        action=action,
-        strategy=strategy,
-        served_strategy=served_strategy,
-        provider=provider,
-        model_id=model,
-        status=status,
-        tenant_id=tenant,
-        operation=operation,
-        request_id=request_id,
-    )
+    filters = _filters(locals())
     with user_errors():
         keys = parse_group_by(group_by)
     result = _query(lambda factory: summarize(factory, filters, keys))
@@ -299,19 +281,7 @@ def export(
     from course_llm.db.usage import count_matching, iter_calls
     from course_llm.usage import parse_export_format, write_export
 
-    filters = _filters(
-        since=since,
-        until=until,
-        action=action,
-        strategy=strategy,
-        served_strategy=served_strategy,
-        provider=provider,
-        model_id=model,
-        status=status,
-        tenant_id=tenant,
-        operation=operation,
-        request_id=request_id,
-    )
+    filters = _filters(locals())
     with user_errors():
         fmt = parse_export_format(export_format)
 
