@@ -97,7 +97,9 @@ class ProxyLogger(CallLogger):
 
     def _record(self, record: CallRecord) -> None:
         self.writer.submit(record)
-        if not record.success:
+        if record.success:
+            self._failures.pop(record.request_id, None)  # it did not all fail after all
+        else:
             self._failures.setdefault(record.request_id, []).append(record)
             self._failures.move_to_end(record.request_id)
             if len(self._failures) > _MAX_TRACKED_FAILURES:
