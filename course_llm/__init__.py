@@ -27,7 +27,7 @@ from course_llm.settings import Settings
 if TYPE_CHECKING:
     from course_llm.db import create_session_factory
     from course_llm.facade import LLMResponse, ModelRouter, complete, create_model_router
-    from course_llm.tracking import track_llm_call
+    from course_llm.tracking import flush_tracked_calls, track_llm_call
 
 __version__ = _version("course-llm")
 
@@ -39,6 +39,7 @@ _LAZY = {
     "create_model_router": "course_llm.facade",
     "create_session_factory": "course_llm.db",
     "track_llm_call": "course_llm.tracking",
+    "flush_tracked_calls": "course_llm.tracking",
 }
 
 
@@ -68,6 +69,7 @@ __all__ = [
     "complete",
     "create_model_router",
     "create_session_factory",
+    "flush_tracked_calls",
     "load_registry",
     "track_llm_call",
 ]

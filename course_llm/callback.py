@@ -305,6 +305,11 @@ class CallLogger(CustomLogger):
         return self._attempts.get(request_id, 0)
 
     def _emit(self, record: CallRecord) -> None:
+        if not record.request_id or not record.model_id or not record.action:
+            # Not an attempt we can attribute (a payload missing its request or model): a row
+            # would only pretend to be one.
+            self._dropped("unattributable", ValueError(f"no request/model/action in {record.source} event"))
+            return
         self._number(record)
         self._sink(record)
         self.rows_emitted += 1

@@ -16,11 +16,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import structlog
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from course_llm._litellm import add_callback, flush_logging_worker, load_litellm, remove_callback
 from course_llm.callback import EXTRA_KEY, REQUEST_ID_KEY, ROUTER_TAG, TAGS_KEY, CallLogger, litellm_tags
@@ -37,6 +36,9 @@ from course_llm.registry import DEFAULT_STRATEGY, Registry, load_registry
 from course_llm.scope import current_scope
 from course_llm.settings import Settings
 from course_llm.writer import RecordWriter
+
+if TYPE_CHECKING:
+    from course_llm.db import SessionFactory
 
 log = structlog.get_logger()
 
@@ -315,7 +317,7 @@ class ModelRouter:
 
 def create_model_router(
     settings: Settings | None = None,
-    session_factory: async_sessionmaker[AsyncSession] | None = None,
+    session_factory: SessionFactory | None = None,
     *,
     max_attempts: int | None = None,
     fallback_strategy: str | None = None,
@@ -347,10 +349,21 @@ async def complete(
 
     Convenient for scripts; an application making many calls should keep one router open instead.
     """
-    from course_llm.db import create_session_factory, dispose_session_factory, upgrade_database_async
+    from course_llm.db import (
+        create_session_factory,
+        dispose_session_factory,
+        is_transient_db_error,
+        upgrade_database_async,
+    )
 
     settings = Settings()
-    await upgrade_database_async(settings.database_url)
+    try:
+        await upgrade_database_async(settings.database_url)
+    except Exception as exc:
+        if not is_transient_db_error(exc):
+            raise
+        # The database is away: answer anyway; the rows wait in the spool.
+        log.error("database_unavailable", error=str(exc).splitlines()[0] if str(exc) else repr(exc))
     session_factory = create_session_factory(settings.database_url)
     try:
         async with create_model_router(settings, session_factory) as router:

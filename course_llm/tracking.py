@@ -6,14 +6,13 @@
 
 The row lands in llm_calls with `source="direct"`, attributed from `call_scope`, priced from the
 registry when the model is known and no `cost_usd` was given. An exception inside the block is
-recorded as a failed call and re-raised.
+recorded as a failed call and re-raised. Leaving the block never waits for the database: a
+background writer inserts the row (`await flush_tracked_calls()` waits for it).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -33,11 +32,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-#: How long leaving the block may wait for the row to be written before leaving it to the
-#: background writer (which spools it if the database is down).
-FLUSH_WAIT_S = 2.0
-
-_writers: weakref.WeakKeyDictionary[Any, RecordWriter] = weakref.WeakKeyDictionary()
+_WRITER_ATTRIBUTE = "_course_llm_writer"
 _default_factories: dict[str, SessionFactory] = {}
 
 
@@ -81,25 +76,38 @@ def _registry_price(model_id: str, tokens_in: int | None, tokens_out: int | None
     return model.estimate_cost(tokens_in, tokens_out)
 
 
-async def _default_session_factory() -> SessionFactory:
+def _default_session_factory() -> SessionFactory:
     from course_llm.db import create_session_factory, upgrade_database_async
 
     url = Settings().database_url
     if url not in _default_factories:
-        await upgrade_database_async(url)
-        _default_factories[url] = create_session_factory(url)
+        # Migrate in the writer's task, not here: a database that is down must not stop the call.
+        factory = create_session_factory(url)
+        setattr(factory, _WRITER_ATTRIBUTE, _new_writer(factory, prepare=lambda: upgrade_database_async(url)))
+        _default_factories[url] = factory
     return _default_factories[url]
 
 
+def _new_writer(session_factory: SessionFactory, **kwargs: Any) -> RecordWriter:
+    settings = Settings()
+    return RecordWriter(
+        session_factory, spool_path=settings.spool_path, max_queue=settings.log_queue_size, **kwargs
+    )
+
+
 def _writer_for(session_factory: SessionFactory) -> RecordWriter:
-    writer = _writers.get(session_factory)
+    """The writer for this session factory; it lives (and is collected) with the factory."""
+    writer: RecordWriter | None = getattr(session_factory, _WRITER_ATTRIBUTE, None)
     if writer is None:
-        settings = Settings()
-        writer = RecordWriter(
-            session_factory, spool_path=settings.spool_path, max_queue=settings.log_queue_size
-        )
-        _writers[session_factory] = writer
+        writer = _new_writer(session_factory)
+        setattr(session_factory, _WRITER_ATTRIBUTE, writer)
     return writer
+
+
+async def flush_tracked_calls(session_factory: SessionFactory | None = None) -> None:
+    """Wait until every call tracked so far (for this factory, or the default one) is written or spooled."""
+    factory = session_factory or _default_session_factory()
+    await _writer_for(factory).flush()
 
 
 @asynccontextmanager
@@ -113,7 +121,7 @@ async def track_llm_call(
     metadata: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[TrackedCall]:
     """Record the call made inside the block as one llm_calls row (`source="direct"`)."""
-    factory = session_factory or await _default_session_factory()
+    factory = session_factory or _default_session_factory()
     call = TrackedCall(provider, model_id, action, str(new_id()), metadata=dict(metadata or {}))
     scope = current_scope()
     started_at = utcnow()
@@ -154,9 +162,6 @@ async def track_llm_call(
             source="direct",
             metadata=extra,
         )
-        writer = _writer_for(factory)
-        writer.submit(record)
-        try:
-            await asyncio.wait_for(asyncio.shield(writer.flush()), FLUSH_WAIT_S)
-        except TimeoutError:
-            log.warning("llm_call_write_pending", request_id=call.request_id, pending=writer.pending)
+        # Never wait for the database here: the background writer inserts (or spools) the row,
+        # and rows still in memory when the interpreter exits are spooled.
+        _writer_for(factory).submit(record)

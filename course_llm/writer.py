@@ -61,6 +61,7 @@ class RecordWriter:
         retry_attempts: int = 3,
         probe_interval_s: float = 2.0,
         prepare: Callable[[], Awaitable[None]] | None = None,
+        idle_exit_s: float = 30.0,
     ) -> None:
         """`prepare` runs once before the first write (the proxy migrates the database there)."""
         self._session_factory = session_factory
@@ -72,12 +73,14 @@ class RecordWriter:
         self._retry_attempts = retry_attempts
         self._probe_interval_s = probe_interval_s
         self._prepare = prepare
+        self._idle_exit_s = idle_exit_s
         self._buffer: deque[CallRecord] = deque()
         self._spill_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._busy = False
+        self._inflight: list[CallRecord] = []
         self._closing = False
         self._db_down_since: float | None = None
         self._last_probe = 0.0
@@ -152,11 +155,16 @@ class RecordWriter:
             except Exception as exc:  # rows still flow: they wait in the spool if writes fail
                 log.error("llm_calls_prepare_failed", error=repr(exc))
         await self._replay_spool()
+        idle_since = time.monotonic()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._flush_interval_s)
             self._wake.clear()
+            if self._buffer:
+                idle_since = time.monotonic()
             await self._drain()
+            if self._db_down_since is None and time.monotonic() - idle_since > self._idle_exit_s:
+                return  # nothing to do: stop waking up; the next submit() starts a new task
             if (
                 self._db_down_since is not None
                 and time.monotonic() - self._last_probe >= self._probe_interval_s
@@ -169,9 +177,14 @@ class RecordWriter:
         while self._buffer:
             batch = [self._buffer.popleft() for _ in range(min(self._batch_size, len(self._buffer)))]
             self._busy = True
+            self._inflight = batch  # spooled by spool_pending() if this task is cancelled mid-write
             try:
                 await self._write(batch)
+            except asyncio.CancelledError:
+                self.spool_pending()
+                raise
             finally:
+                self._inflight = []
                 self._busy = False
 
     async def _write(self, batch: list[CallRecord]) -> None:
@@ -253,7 +266,11 @@ class RecordWriter:
 
         self._last_probe = time.monotonic()
         for part in _claim_spool(self.spool_path):
-            for chunk in _chunks(list(_read(part)), self._batch_size):
+            try:
+                records = list(self._read_part(part))
+            except FileNotFoundError:
+                continue  # another writer sharing this spool replayed it first
+            for chunk in _chunks(records, self._batch_size):
                 try:
                     await asyncio.wait_for(
                         insert_records(self._session_factory, chunk), self._write_timeout_s
@@ -268,11 +285,22 @@ class RecordWriter:
                         self._db_down_since = time.monotonic()
                     log.warning("llm_calls_spool_replay_failed", error=repr(exc), part=str(part))
                     return
-            part.unlink()
+            part.unlink(missing_ok=True)
             log.info("llm_calls_spool_replayed", part=str(part))
         if self._db_down_since is not None:
             log.info("llm_calls_database_back", down_s=round(time.monotonic() - self._db_down_since, 1))
         self._db_down_since = None
+
+    def _read_part(self, part: Path) -> Iterator[CallRecord]:
+        """The part's rows; a damaged line (a crash mid-write, a full disk) is set aside, not fatal."""
+        for line, record in _parse_lines(part):
+            if record is not None:
+                yield record
+                continue
+            self.rows_rejected += 1
+            log.error("llm_calls_spool_line_damaged", part=str(part), line=line[:200])
+            with self._spill_lock, _locked(self._rejected_path) as handle:
+                handle.write(line if line.endswith("\n") else line + "\n")
 
     # -- flushing and closing --------------------------------------------------------------------
 
@@ -303,7 +331,7 @@ class RecordWriter:
 
     def spool_pending(self) -> int:
         """Move every row still in memory to the spool file, synchronously. Returns how many."""
-        leftovers = []
+        leftovers, self._inflight = list(self._inflight), []
         while self._buffer:
             leftovers.append(self._buffer.popleft())
         if leftovers:
@@ -315,7 +343,7 @@ class RecordWriter:
         """Rows waiting on disk for the database (the live spool and claimed replay parts)."""
         parts = sorted(self.spool_path.parent.glob(self.spool_path.name + ".*.replay"))
         live = [self.spool_path] if self.spool_path.exists() else []
-        return [record for part in [*parts, *live] for record in _read(part)]
+        return [record for part in [*parts, *live] for _, record in _parse_lines(part) if record is not None]
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -359,11 +387,16 @@ def _claim_spool(spool: Path) -> list[Path]:
     return sorted(spool.parent.glob(spool.name + ".*.replay"))
 
 
-def _read(path: Path) -> Iterator[CallRecord]:
-    with path.open(encoding="utf-8") as handle:
+def _parse_lines(path: Path) -> Iterator[tuple[str, CallRecord | None]]:
+    """Each non-blank line with its record, or None when the line is damaged."""
+    with path.open(encoding="utf-8", errors="replace") as handle:
         for line in handle:
-            if line.strip():
-                yield CallRecord.from_json(json.loads(line))
+            if not line.strip():
+                continue
+            try:
+                yield line, CallRecord.from_json(json.loads(line))
+            except (ValueError, TypeError, KeyError):
+                yield line, None
 
 
 def _chunks(records: list[CallRecord], size: int) -> Iterator[list[CallRecord]]:

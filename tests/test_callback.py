@@ -178,7 +178,8 @@ GARBAGE: list[Any] = [None, {}, "text", 42, {"litellm_params": "nope"}, {"standa
 
 @pytest.mark.parametrize("payload", GARBAGE)
 async def test_a_bad_payload_never_raises_into_litellm(payload: Any) -> None:
-    logger = CallLogger(Sink(), source="proxy")
+    sink = Sink()
+    logger = CallLogger(sink, source="proxy")
     await logger.async_log_success_event(kwargs=payload, response_obj=None, start_time=None, end_time=None)
     await logger.async_log_failure_event(kwargs=payload, response_obj=None, start_time=None, end_time=None)
     await logger.async_post_call_failure_deployment_hook(
@@ -186,6 +187,8 @@ async def test_a_bad_payload_never_raises_into_litellm(payload: Any) -> None:
     )
     logger.log_success_event(kwargs=payload, response_obj=None, start_time=None, end_time=None)
     logger.log_failure_event(kwargs=payload, response_obj=None, start_time=None, end_time=None)
+    assert sink.rows == []  # nothing that cannot be attributed is stored as an attempt
+    assert logger.events_dropped >= 1  # and each one counted
 
 
 async def test_a_failing_sink_is_counted_not_raised() -> None:

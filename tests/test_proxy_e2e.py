@@ -288,6 +288,23 @@ async def test_attribution_from_the_body_lands_on_the_rows(
     assert rows[1].tokens_in is not None
 
 
+async def test_requests_sharing_a_trace_header_still_get_their_own_request_ids(
+    proxy: ProxyProcess, up: FakeUpstream, db_url: str
+) -> None:
+    shared = {"x-litellm-trace-id": "client-trace-1", "x-litellm-session-id": "session-1"}
+    metadata = {"course_llm_router": "someone-else", "original_model_group": "video_analysis/quality"}
+    ids = []
+    for _ in range(2):
+        request_id, _ = await ask(
+            proxy, "text_processing", extra_headers=shared, extra_body={"metadata": metadata}
+        )
+        ids.append(request_id)
+    assert len(set(ids)) == 2
+    for request_id in ids:
+        [row] = await rows_of(db_url, request_id, 1)
+        assert (row.attempt, row.action, row.strategy) == (1, "text_processing", "default")
+
+
 @pytest.mark.parametrize(
     ("model", "words"),
     [

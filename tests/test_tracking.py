@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from course_llm import call_scope, track_llm_call
+from course_llm import call_scope, flush_tracked_calls, track_llm_call
 from course_llm.db import LLMCall, create_session_factory, dispose_session_factory
 
 
 async def rows(session_factory: Any) -> list[LLMCall]:
+    await flush_tracked_calls(session_factory)  # leaving the block does not wait for the database
     async with session_factory() as session:
         return list((await session.execute(sa.select(LLMCall))).scalars())
 
@@ -92,9 +93,29 @@ async def test_without_a_session_factory_it_writes_to_the_settings_database(
     monkeypatch.setenv("COURSE_LLM_SPOOL_PATH", str(tmp_path / "spool.jsonl"))
     async with track_llm_call(provider="openai", model_id="gpt-4o-mini", action="text_processing") as call:
         call.tokens_in = 1
+    await flush_tracked_calls()
     factory = create_session_factory(url)
     try:
         [row] = await rows(factory)
         assert row.source == "direct"
     finally:
         await dispose_session_factory(factory)
+
+
+async def test_a_database_that_is_down_neither_stops_nor_delays_the_tracked_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COURSE_LLM_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nowhere")
+    spool = tmp_path / "spool.jsonl"
+    monkeypatch.setenv("COURSE_LLM_SPOOL_PATH", str(spool))
+    ran = False
+    async with track_llm_call(provider="openai", model_id="gpt-4o-mini", action="text_processing") as call:
+        ran = True
+        call.tokens_in = 3
+    assert ran  # the caller's own SDK call happened
+    from course_llm.tracking import _default_session_factory, _writer_for
+
+    writer = _writer_for(_default_session_factory())
+    assert writer.pending + int(writer.busy) == 1  # not written yet: the block did not wait for it
+    await flush_tracked_calls()
+    assert [r.request_id for r in writer.spooled()] == [call.request_id]

@@ -198,7 +198,7 @@ async def test_a_row_the_database_refuses_is_set_aside_and_the_batch_survives(
     writer = RecordWriter(session_factory, spool_path=spool)
     for i in range(4):
         writer.submit(row(i))
-    writer.submit(row(4, action="x" * 500))  # longer than the column allows on PostgreSQL
+    writer.submit(row(4, attempt=70_000))  # out of range for the SMALLINT column on PostgreSQL
     await writer.aclose()
     assert await count_calls(session_factory) == 4
     assert writer.rows_rejected == 1
@@ -207,7 +207,7 @@ async def test_a_row_the_database_refuses_is_set_aside_and_the_batch_survives(
 
 
 def test_rows_left_in_memory_at_interpreter_exit_are_spooled(tmp_path: Path) -> None:
-    """A script that never closes its router: the rows reach the spool, then the database."""
+    """A script that never closes its router: the rows reach the spool (replayed at next start)."""
     import subprocess
     import sys
     import textwrap
@@ -234,3 +234,30 @@ def test_rows_left_in_memory_at_interpreter_exit_are_spooled(tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
     writer = RecordWriter(None, spool_path=spool)  # type: ignore[arg-type]  # only reads the spool
     assert sorted(r.request_id for r in writer.spooled()) == ["req-0", "req-1", "req-2"]
+
+
+async def test_values_longer_than_their_column_are_cut_not_refused(session_factory: Any, spool: Path) -> None:
+    from course_llm.db import fetch_request
+
+    writer = RecordWriter(session_factory, spool_path=spool)
+    writer.submit(row(1, tenant_id="t" * 500, end_user="u" * 1000, request_id="r" * 100))
+    await writer.aclose()
+    [stored] = await fetch_request(session_factory, "r" * 64)
+    assert (stored.tenant_id, stored.end_user) == ("t" * 128, "u" * 256)
+    assert writer.rows_rejected == 0
+
+
+async def test_a_damaged_spool_line_is_set_aside_and_the_rest_replayed(
+    session_factory: Any, spool: Path
+) -> None:
+    import json
+
+    good = [row(i) for i in range(3)]
+    lines = [json.dumps(r.to_json()) + "\n" for r in good]
+    spool.write_text(lines[0] + '{"request_id": "half-writ' + "\n" + "".join(lines[1:]))
+    writer = RecordWriter(session_factory, spool_path=spool)
+    writer.submit(row(9))
+    await writer.aclose()  # must not raise
+    assert await count_calls(session_factory) == 4
+    assert "half-writ" in spool.with_name(spool.name + ".rejected.jsonl").read_text()
+    assert writer.spooled() == []

@@ -24,6 +24,7 @@ from alembic.script import ScriptDirectory
 
 from alembic import command
 from course_llm.db.session import redact_url
+from course_llm.errors import CourseLLMError
 from course_llm.settings import normalize_database_url
 
 __all__ = [
@@ -41,7 +42,7 @@ log = structlog.get_logger()
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 
-class MigrationsNotFoundError(FileNotFoundError):
+class MigrationsNotFoundError(CourseLLMError, FileNotFoundError):
     """Neither `course_llm/_alembic` (wheel) nor `alembic/` next to the package (checkout) exists.
 
     `searched` lists the directories looked at, in order.

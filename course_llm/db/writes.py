@@ -43,6 +43,25 @@ def _insert_ignoring_duplicates(dialect_name: str) -> Any:
     raise ValueError(f"unsupported database {dialect_name!r}: course_llm writes to sqlite or postgresql")
 
 
+def _string_limits() -> dict[str, int]:
+    table = LLMCall.__table__
+    return {
+        column.name: column.type.length
+        for column in table.columns
+        if isinstance(column.type, sa.String) and column.type.length
+    }
+
+
+def _clipped(row: dict[str, Any]) -> dict[str, Any]:
+    """Cut strings to their column's length: PostgreSQL refuses longer ones (SQLite would keep
+    them), and one long `user` or `tenant_id` from a client must not cost the row."""
+    for name, limit in _STRING_LIMITS.items():
+        value = row.get(name)
+        if isinstance(value, str) and len(value) > limit:
+            row[name] = value[:limit]
+    return row
+
+
 async def insert_records(session_factory: SessionFactory, records: Sequence[CallRecord]) -> int:
     """Insert `records` in one transaction; return how many rows were new.
 
@@ -51,7 +70,7 @@ async def insert_records(session_factory: SessionFactory, records: Sequence[Call
     """
     if not records:
         return 0
-    rows = [record.as_dict() for record in records]
+    rows = [_clipped(record.as_dict()) for record in records]
     async with session_factory() as session, session.begin():
         statement = _insert_ignoring_duplicates(session.get_bind().dialect.name)
         result = await session.execute(statement, rows)
@@ -74,3 +93,6 @@ async def fetch_request(session_factory: SessionFactory, request_id: str) -> lis
     )
     async with session_factory() as session:
         return list((await session.scalars(statement)).all())
+
+
+_STRING_LIMITS = _string_limits()

@@ -37,6 +37,8 @@ log = structlog.get_logger()
 
 REQUEST_ID_HEADER = "x-course-llm-request-id"
 _MAX_TRACKED_FAILURES = 10_000
+#: Router bookkeeping a client could send to rewrite which action/strategy a row records.
+_ROUTER_KEYS = frozenset({"original_model_group", "model_group"})
 _STRIP_USAGE = "course_llm_strip_usage"
 
 _instance: ProxyLogger | None = None
@@ -143,10 +145,16 @@ class ProxyLogger(CallLogger):
         reason = unknown_model_reason(str(data["model"]), _router_groups()) or invalid_body_reason(data)
         if reason:
             raise HTTPException(status_code=400, detail={"error": reason})
-        request_id = str(data.setdefault("litellm_trace_id", str(new_id())))
+        # Always a new id: LiteLLM may have set litellm_trace_id from a client's trace or session
+        # header, which many requests share; one course_llm request id must mean one request.
+        request_id = str(new_id())
+        data["litellm_trace_id"] = request_id
         metadata = data.get("metadata")
         if not isinstance(metadata, dict):
             metadata = data["metadata"] = {}
+        # Keys that steer the logger are ours to set, never the client's.
+        for key in [k for k in metadata if str(k).startswith("course_llm_") or k in _ROUTER_KEYS]:
+            metadata.pop(key)
         metadata[REQUEST_ID_KEY] = request_id
         if "tags" in metadata and not _is_string_list(metadata["tags"]):
             metadata[TAGS_KEY] = metadata["tags"]
@@ -168,7 +176,8 @@ class ProxyLogger(CallLogger):
         """When every model failed, answer with the last attempt's status and list every attempt."""
         if not isinstance(request_data, dict):
             return None
-        request_id = str(request_data.get("litellm_trace_id") or "")
+        metadata = request_data.get("metadata")
+        request_id = str(metadata.get(REQUEST_ID_KEY) or "") if isinstance(metadata, dict) else ""
         attempts = self._failures.pop(request_id, None)
         if not attempts:
             return None  # rejected before any model was tried (bad key, bad body, unknown action)
@@ -188,7 +197,8 @@ class ProxyLogger(CallLogger):
         request_headers: dict[str, str] | None = None,
         litellm_call_info: dict[str, object] | None = None,
     ) -> dict[str, str] | None:
-        request_id = data.get("litellm_trace_id") if isinstance(data, dict) else None
+        metadata = data.get("metadata") if isinstance(data, dict) else None
+        request_id = metadata.get(REQUEST_ID_KEY) if isinstance(metadata, dict) else None
         return {REQUEST_ID_HEADER: str(request_id)} if request_id else None
 
     async def async_post_call_streaming_iterator_hook(

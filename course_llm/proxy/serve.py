@@ -133,13 +133,16 @@ _EXAMPLE_BODY = '{"model": "text_processing", "messages": [{"role": "user", "con
 
 
 def banner(plan: ServePlan) -> str:
+    """What to tell the person who started the proxy. A key they set themselves is never printed."""
     url = f"http://{plan.host}:{plan.port}"
+    key = plan.master_key if plan.generated_key else "$LITELLM_MASTER_KEY"
     lines = [
         f"course_llm proxy on {url}  ({'offline mock answers' if plan.mock else 'real providers'})",
         f"  database   {plan.database}",
-        f"  key        {plan.master_key}"
-        + ("  (generated for this run; set LITELLM_MASTER_KEY to choose)" if plan.generated_key else ""),
-        f"  try        curl {url}/v1/chat/completions -H 'Authorization: Bearer {plan.master_key}' "
+        f"  key        {plan.master_key}  (generated for this run; set LITELLM_MASTER_KEY to choose)"
+        if plan.generated_key
+        else "  key        from LITELLM_MASTER_KEY",
+        f"  try        curl {url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
         f"-H 'Content-Type: application/json' -d '{_EXAMPLE_BODY}'",
         f"  rows       course-llm calls   |   {url}/dashboard",
     ]
