@@ -250,9 +250,10 @@ async def test_a_streamed_call_is_logged_with_real_token_counts(
             usage_chunks[0].usage.completion_tokens,
         )
     assert row.cost_usd is not None and row.cost_usd > 0
+    assert "usage_estimated" not in row.metadata_  # the upstream gave its own counts
 
 
-async def test_a_stream_whose_upstream_sends_no_usage_is_still_counted(
+async def test_a_stream_whose_upstream_sends_no_usage_is_counted_and_marked_estimated(
     proxy: ProxyProcess, up: FakeUpstream, db_url: str
 ) -> None:
     raw = await client(proxy).chat.completions.with_raw_response.create(
@@ -263,8 +264,9 @@ async def test_a_stream_whose_upstream_sends_no_usage_is_still_counted(
     text = "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
     [row] = await rows_of(db_url, raw.headers[REQUEST_ID], 1)
     assert text and row.success and row.stream
-    # LiteLLM counts the tokens itself; it gives no sign that it did, so the row cannot say so.
+    # LiteLLM counted the tokens itself: the row says so.
     assert row.tokens_in is not None and row.tokens_out is not None and row.tokens_out > 1 and row.cost_usd
+    assert row.metadata_.get("usage_estimated") is True
 
 
 async def test_attribution_from_the_body_lands_on_the_rows(

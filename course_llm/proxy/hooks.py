@@ -67,6 +67,8 @@ class ProxyLogger(CallLogger):
         self._observers: list[Callable[[CallRecord], None]] = []
         # Failed attempts per request (bounded), to tell a client every attempt when all failed.
         self._failures: OrderedDict[str, list[CallRecord]] = OrderedDict()
+        # Streamed requests whose upstream sent no usage: their token counts are LiteLLM's own.
+        self._estimated: OrderedDict[str, None] = OrderedDict()
 
     # -- rows ----------------------------------------------------------------------------------
 
@@ -98,6 +100,9 @@ class ProxyLogger(CallLogger):
         self._observers.append(observer)
 
     def _record(self, record: CallRecord) -> None:
+        if record.success and record.stream and record.request_id in self._estimated:
+            del self._estimated[record.request_id]
+            record.metadata["usage_estimated"] = True
         self.writer.submit(record)
         if record.success:
             self._failures.pop(record.request_id, None)  # it did not all fail after all
@@ -210,6 +215,18 @@ class ProxyLogger(CallLogger):
             if strip and getattr(chunk, "usage", None) is not None and not getattr(chunk, "choices", None):
                 continue  # the usage chunk we asked for on the client's behalf
             yield chunk
+        # LiteLLM's stream wrapper keeps the upstream's chunks. When none carried usage, the usage
+        # it sent (and logs) is its own count: remember that, so the row can say so. This runs
+        # before LiteLLM's logging task for the stream.
+        raw_chunks = getattr(response, "chunks", None)
+        request_id = metadata.get(REQUEST_ID_KEY) if isinstance(metadata, dict) else None
+        upstream_usage = isinstance(raw_chunks, list) and any(
+            getattr(c, "usage", None) is not None for c in raw_chunks
+        )
+        if request_id and isinstance(raw_chunks, list) and raw_chunks and not upstream_usage:
+            self._estimated[str(request_id)] = None
+            if len(self._estimated) > _MAX_TRACKED_FAILURES:
+                self._estimated.popitem(last=False)
 
 
 def _router_groups() -> tuple[set[str], Mapping[str, str]]:
