@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -264,6 +264,16 @@ def record_from_failure(
 # The logger
 
 Sink = Callable[[CallRecord], None]
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def remember(cache: OrderedDict[K, V], key: K, value: V, limit: int) -> None:
+    """Set `cache[key]` as the most recent entry, dropping the oldest beyond `limit` (an LRU)."""
+    cache[key] = value
+    cache.move_to_end(key)
+    if len(cache) > limit:
+        cache.popitem(last=False)
 
 
 class CallLogger(CustomLogger):
@@ -295,11 +305,8 @@ class CallLogger(CustomLogger):
         return metadata.get(ROUTER_TAG) == self.router_tag
 
     def _number(self, record: CallRecord) -> None:
-        attempt = self._attempts.pop(record.request_id, 0) + 1
-        self._attempts[record.request_id] = attempt
-        if len(self._attempts) > self._max_tracked:
-            self._attempts.popitem(last=False)
-        record.attempt = attempt
+        record.attempt = self._attempts.get(record.request_id, 0) + 1
+        remember(self._attempts, record.request_id, record.attempt, self._max_tracked)
 
     def attempts_recorded(self, request_id: str) -> int:
         return self._attempts.get(request_id, 0)

@@ -26,7 +26,6 @@ from course_llm.callback import EXTRA_KEY, REQUEST_ID_KEY, ROUTER_TAG, TAGS_KEY,
 from course_llm.compiler import compile_router_config, group_name, parse_deployment_id
 from course_llm.errors import (
     AllModelsFailedError,
-    FailedAttempt,
     StructuredOutputError,
     UnknownActionError,
     UnknownProviderError,
@@ -74,18 +73,6 @@ def _messages(prompt: Prompt, system_prompt: str | None) -> list[dict[str, Any]]
     else:
         messages.extend(dict(m) for m in prompt)
     return messages
-
-
-def _failed_attempt(record: CallRecord) -> FailedAttempt:
-    return FailedAttempt(
-        attempt=record.attempt,
-        model_id=record.model_id,
-        provider=record.provider,
-        served_strategy=record.served_strategy,
-        status_code=record.status_code,
-        error_class=record.error_class or "",
-        message=record.error_message or "",
-    )
 
 
 class ModelRouter:
@@ -254,7 +241,7 @@ class ModelRouter:
                 **params,
             )
         except Exception as exc:
-            attempts = [_failed_attempt(r) for r in failures]
+            attempts = [r.as_failed_attempt() for r in failures]
             raise AllModelsFailedError(action, strategy, request_id, attempts, reason=str(exc)) from exc
         finally:
             self._failures.pop(request_id, None)

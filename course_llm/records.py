@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from uuid6 import uuid7
 
+from course_llm.errors import FailedAttempt
+
 Source = Literal["sdk", "proxy", "direct"]
 
 #: Longest error message kept in a row; the rest is cut with a marker.
@@ -99,3 +101,15 @@ class CallRecord:
         values["id"] = uuid.UUID(values["id"])
         values["created_at"] = datetime.fromisoformat(values["created_at"])
         return cls(**values)
+
+    def as_failed_attempt(self) -> FailedAttempt:
+        """This failed attempt as AllModelsFailedError lists it."""
+        return FailedAttempt(
+            attempt=self.attempt,
+            model_id=self.model_id,
+            provider=self.provider,
+            served_strategy=self.served_strategy,
+            status_code=self.status_code,
+            error_class=self.error_class or "",
+            message=self.error_message or "",
+        )

@@ -27,8 +27,10 @@ from course_llm.callback import (
     TAGS_KEY,
     CallLogger,
     litellm_tags,
+    remember,
     split_group,
 )
+from course_llm.errors import AllModelsFailedError
 from course_llm.records import CallRecord, new_id
 from course_llm.settings import Settings
 from course_llm.writer import RecordWriter
@@ -36,7 +38,8 @@ from course_llm.writer import RecordWriter
 log = structlog.get_logger()
 
 REQUEST_ID_HEADER = "x-course-llm-request-id"
-_MAX_TRACKED_FAILURES = 10_000
+#: Requests remembered at once for the all-failed message and the estimated-usage mark.
+_MAX_TRACKED = 10_000
 #: Router bookkeeping a client could send to rewrite which action/strategy a row records.
 _ROUTER_KEYS = frozenset({"original_model_group", "model_group"})
 _STRIP_USAGE = "course_llm_strip_usage"
@@ -107,10 +110,8 @@ class ProxyLogger(CallLogger):
         if record.success:
             self._failures.pop(record.request_id, None)  # it did not all fail after all
         else:
-            self._failures.setdefault(record.request_id, []).append(record)
-            self._failures.move_to_end(record.request_id)
-            if len(self._failures) > _MAX_TRACKED_FAILURES:
-                self._failures.popitem(last=False)
+            earlier = self._failures.get(record.request_id, [])
+            remember(self._failures, record.request_id, [*earlier, record], _MAX_TRACKED)
         for observer in self._observers:
             try:
                 observer(record)
@@ -187,12 +188,10 @@ class ProxyLogger(CallLogger):
         if not attempts:
             return None  # rejected before any model was tried (bad key, bad body, unknown action)
         last = attempts[-1]
-        tried = "; ".join(
-            f"#{a.attempt} {a.model_id} ({a.served_strategy}): {a.status_code or '-'} {a.error_class}"
-            for a in attempts
+        error = AllModelsFailedError(
+            last.action, last.strategy, request_id, [a.as_failed_attempt() for a in attempts]
         )
-        message = f"all models failed for {last.action}/{last.strategy} (request {request_id}): {tried}"
-        return HTTPException(status_code=last.status_code or 502, detail=message)
+        return HTTPException(status_code=last.status_code or 502, detail=str(error))
 
     async def async_post_call_response_headers_hook(
         self,
@@ -224,9 +223,7 @@ class ProxyLogger(CallLogger):
             getattr(c, "usage", None) is not None for c in raw_chunks
         )
         if request_id and isinstance(raw_chunks, list) and raw_chunks and not upstream_usage:
-            self._estimated[str(request_id)] = None
-            if len(self._estimated) > _MAX_TRACKED_FAILURES:
-                self._estimated.popitem(last=False)
+            remember(self._estimated, str(request_id), None, _MAX_TRACKED)
 
 
 def _router_groups() -> tuple[set[str], Mapping[str, str]]:
