@@ -39,11 +39,6 @@ def load_litellm() -> ModuleType:
     return litellm
 
 
-def is_transient(status_code: int | None) -> bool:
-    """Transient errors are retried on the same model; unknown status (connection error) too."""
-    return status_code not in PERMANENT_STATUS_CODES
-
-
 def _install_status_code_retry_rule(router_class: Any) -> None:
     original: Callable[..., Any] = router_class.should_retry_this_error
     if getattr(original, _PATCH_MARK, False):

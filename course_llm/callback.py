@@ -22,7 +22,7 @@ import structlog
 
 from course_llm._litellm import load_litellm
 from course_llm.compiler import parse_deployment_id
-from course_llm.records import CallRecord, Source, redact
+from course_llm.records import CallRecord, Source, redact, status_code_of
 from course_llm.registry import DEFAULT_STRATEGY
 
 log = structlog.get_logger()
@@ -214,13 +214,13 @@ def record_from_success(
     )
 
 
-def status_code_of(exception: BaseException) -> int | None:
-    code = getattr(exception, "status_code", None)
-    return code if isinstance(code, int) else None
-
-
 def record_from_failure(
-    request_data: Mapping[str, Any], exception: BaseException, *, source: Source, now: datetime | None = None
+    request_data: Mapping[str, Any],
+    exception: BaseException,
+    *,
+    source: Source,
+    now: datetime | None = None,
+    started: datetime | None = None,
 ) -> CallRecord:
     """The row for a failed attempt, from `async_post_call_failure_deployment_hook` arguments."""
     metadata = _metadata(request_data)
@@ -231,7 +231,7 @@ def record_from_failure(
     logging_obj = request_data.get("litellm_logging_obj")
     details: Mapping[str, Any] = getattr(logging_obj, "model_call_details", None) or {}
     ended = now or datetime.now(UTC)
-    started = _as_utc(details.get("api_call_start_time"), default=ended)
+    started = started or _as_utc(details.get("api_call_start_time"), default=ended)
     tenant, operation, extra = _attribution(metadata)
     end_user = request_data.get("user") or metadata.get("user_api_key_end_user_id")
     provider = model_info.get("course_llm_provider") or details.get("custom_llm_provider") or ""
@@ -378,10 +378,12 @@ class CallLogger(CustomLogger):
                 "model_info": model_info,
                 "user": kwargs.get("user"),
             }
-            record = record_from_failure(data, exception, source=self._source, now=_as_utc(end_time))
-            record.created_at = _as_utc(kwargs.get("api_call_start_time") or start_time)
-            record.latency_ms = max((_as_utc(end_time) - record.created_at).total_seconds() * 1000, 0.0)
-            self._emit(record)
+            started = _as_utc(kwargs.get("api_call_start_time") or start_time)
+            self._emit(
+                record_from_failure(
+                    data, exception, source=self._source, now=_as_utc(end_time), started=started
+                )
+            )
         except Exception as exc:
             self._dropped("failure", exc)
 

@@ -38,6 +38,12 @@ def new_id() -> uuid.UUID:
     return uuid.UUID(bytes=uuid7().bytes)
 
 
+def status_code_of(exception: BaseException) -> int | None:
+    """The HTTP status an exception carries, if it carries an integer one."""
+    code = getattr(exception, "status_code", None)
+    return code if isinstance(code, int) else None
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -138,12 +138,6 @@ class Registry(_Strict):
             raise UnknownActionError(action, strategy, list(chains))
         return list(chains[strategy])
 
-    def strategies(self, action: str) -> list[str]:
-        """Strategy names of `action`, `default` first."""
-        if action not in self.routing:
-            raise UnknownActionError(action, None, sorted(self.routing))
-        return list(self.routing[action])
-
     def chains(self) -> Iterator[tuple[str, str, list[str]]]:
         """Every `(action, strategy, model ids)` in registry order."""
         for action, chains in self.routing.items():

@@ -12,6 +12,7 @@ background writer inserts the row (`await flush_tracked_calls()` waits for it).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -21,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from course_llm.errors import RegistryError
-from course_llm.records import CallRecord, new_id, redact, utcnow
-from course_llm.registry import DEFAULT_STRATEGY, load_registry
+from course_llm.records import CallRecord, new_id, redact, status_code_of, utcnow
+from course_llm.registry import DEFAULT_STRATEGY, Registry, load_registry
 from course_llm.scope import current_scope
 from course_llm.settings import Settings
 from course_llm.writer import RecordWriter
@@ -66,14 +67,25 @@ class TrackedCall:
         self.tokens_out = read("completion_tokens", "output_tokens")
 
 
-def _registry_price(model_id: str, tokens_in: int | None, tokens_out: int | None) -> float | None:
+@functools.lru_cache(maxsize=4)
+def _registry(path: str, mtime_ns: int) -> Registry | None:
+    """The registry at `path`, read once per version of the file (not once per tracked call)."""
     try:
-        model = load_registry(Settings().registry_path).models.get(model_id)
+        return load_registry(path)
     except RegistryError:
         return None
-    if model is None or (tokens_in is None and tokens_out is None):
+
+
+def _registry_price(model_id: str, tokens_in: int | None, tokens_out: int | None) -> float | None:
+    if tokens_in is None and tokens_out is None:
         return None
-    return model.estimate_cost(tokens_in, tokens_out)
+    path = Settings().registry_path
+    try:
+        registry = _registry(str(path), path.stat().st_mtime_ns)
+    except OSError:
+        return None
+    model = registry.models.get(model_id) if registry else None
+    return model.estimate_cost(tokens_in, tokens_out) if model else None
 
 
 def _default_session_factory() -> SessionFactory:
@@ -153,7 +165,7 @@ async def track_llm_call(
             latency_ms=(time.perf_counter() - started) * 1000,
             cost_usd=cost,
             success=error is None,
-            status_code=getattr(error, "status_code", None) if error is not None else None,
+            status_code=status_code_of(error) if error is not None else None,
             error_class=type(error).__name__ if error is not None else None,
             error_message=redact(str(error)) if error is not None else None,
             tenant_id=scope.tenant_id,

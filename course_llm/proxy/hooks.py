@@ -30,7 +30,7 @@ from course_llm.callback import (
     remember,
     split_group,
 )
-from course_llm.errors import AllModelsFailedError
+from course_llm.errors import AllModelsFailedError, UnknownActionError
 from course_llm.records import CallRecord, new_id
 from course_llm.settings import Settings
 from course_llm.writer import RecordWriter
@@ -263,7 +263,5 @@ def unknown_model_reason(model: str, groups: tuple[set[str], Mapping[str, str]])
     actions = sorted({action for action, _ in served})
     action, strategy = split_group(model)
     if action not in actions:
-        valid = ", ".join(actions)
-        return f"unknown action {action!r}; valid actions: {valid} (model is <action> or <action>/<strategy>)"
-    strategies = sorted({s for a, s in served if a == action})
-    return f"unknown strategy {strategy!r} for action {action!r}; valid strategies: {', '.join(strategies)}"
+        return f"{UnknownActionError(action, None, actions)} (model is <action> or <action>/<strategy>)"
+    return str(UnknownActionError(action, strategy, sorted({s for a, s in served if a == action})))
