@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg  # type: ignore[import-untyped]
 
-from course_llm.callback import CallLogger
 from course_llm.db import count_calls, create_session_factory, dispose_session_factory, upgrade_database
-from course_llm.facade import ModelRouter
-from course_llm.records import CallRecord
-from course_llm.registry import parse_registry
-from course_llm.writer import RecordWriter
+from course_llm.recording.callback import CallLogger
+from course_llm.recording.records import CallRecord
+from course_llm.recording.writer import RecordWriter
+from course_llm.routing.facade import ModelRouter
+from course_llm.routing.registry import parse_registry
 from tests.fake_upstream import FakeUpstream
 
 PG_ADMIN = os.environ.get("COURSE_LLM_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")

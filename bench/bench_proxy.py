@@ -30,8 +30,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import httpx
 import yaml
 
-from course_llm.compiler import compile_proxy_config, render_proxy_config
-from course_llm.registry import parse_registry
+from course_llm.routing.compiler import compile_proxy_config, render_proxy_config
+from course_llm.routing.registry import parse_registry
 from tests.proxy_process import ProxyProcess, free_port, litellm_argv, serve_argv
 
 KEY = "sk-bench"

@@ -41,7 +41,7 @@ from sqlalchemy.engine import make_url
 from course_llm.db import SessionFactory, create_session_factory, dispose_session_factory, upgrade_database
 from course_llm.db.usage import list_calls, request_attempts, summarize
 from course_llm.proxy.usage_api import create_usage_router
-from course_llm.usage import UsageFilters
+from course_llm.reporting.usage import UsageFilters
 
 PG_ADMIN = os.environ.get("COURSE_LLM_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 TARGET_S = 1.0

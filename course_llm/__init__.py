@@ -20,26 +20,26 @@ from course_llm.errors import (
     UnknownProviderError,
     UsageQueryError,
 )
-from course_llm.registry import Registry, load_registry
+from course_llm.routing.registry import Registry, load_registry
 from course_llm.scope import call_scope
 from course_llm.settings import Settings
 
 if TYPE_CHECKING:
     from course_llm.db import create_session_factory
-    from course_llm.facade import LLMResponse, ModelRouter, complete, create_model_router
-    from course_llm.tracking import flush_tracked_calls, track_llm_call
+    from course_llm.recording.tracking import flush_tracked_calls, track_llm_call
+    from course_llm.routing.facade import LLMResponse, ModelRouter, complete, create_model_router
 
 __version__ = _version("course-llm")
 
 # Names whose modules import LiteLLM or SQLAlchemy (seconds and ~180 MB): loaded on first access.
 _LAZY = {
-    "LLMResponse": "course_llm.facade",
-    "ModelRouter": "course_llm.facade",
-    "complete": "course_llm.facade",
-    "create_model_router": "course_llm.facade",
+    "LLMResponse": "course_llm.routing.facade",
+    "ModelRouter": "course_llm.routing.facade",
+    "complete": "course_llm.routing.facade",
+    "create_model_router": "course_llm.routing.facade",
     "create_session_factory": "course_llm.db",
-    "track_llm_call": "course_llm.tracking",
-    "flush_tracked_calls": "course_llm.tracking",
+    "track_llm_call": "course_llm.recording.tracking",
+    "flush_tracked_calls": "course_llm.recording.tracking",
 }
 
 

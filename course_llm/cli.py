@@ -15,9 +15,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from course_llm.compiler import compile_proxy_config, render_proxy_config
 from course_llm.errors import CourseLLMError
-from course_llm.registry import Registry, load_registry
+from course_llm.routing.compiler import compile_proxy_config, render_proxy_config
+from course_llm.routing.registry import Registry, load_registry
 from course_llm.settings import Settings
 
 app = typer.Typer(help="Route LLM calls by task and strategy, and see what they cost.", no_args_is_help=True)
@@ -137,7 +137,7 @@ def _run_db(action: Callable[[], Any]) -> Any:
 
 # --- usage reports: calls, usage, export ---------------------------------------------------------
 # The same filters as the HTTP API (DESIGN.md, "Usage reporting — contract"); values are parsed by
-# course_llm.usage, so both reject the same input with the same message.
+# course_llm.reporting.usage, so both reject the same input with the same message.
 
 SinceOption = Annotated[str | None, typer.Option(help="from this time on: ISO 8601 (naive = UTC) or 24h, 7d")]
 UntilOption = Annotated[str | None, typer.Option(help="before this time: ISO 8601 or a span back from now")]
@@ -163,7 +163,7 @@ _OPTION_TO_FILTER = {"model": "model_id", "tenant": "tenant_id"}
 
 def _filters(options: dict[str, Any]) -> Any:
     """The UsageFilters named by a command's filter options (its `locals()`)."""
-    from course_llm.usage import FILTER_NAMES, filters_from
+    from course_llm.reporting.usage import FILTER_NAMES, filters_from
 
     raw = {_OPTION_TO_FILTER.get(name, name): value for name, value in options.items()}
     with user_errors():
@@ -216,7 +216,7 @@ def calls(
 ) -> None:
     """Recorded LLM attempts, newest first, one page at a time."""
     from course_llm.db.usage import list_calls
-    from course_llm.usage import parse_page
+    from course_llm.reporting.usage import parse_page
 
     filters = _filters(locals())
     with user_errors():
@@ -247,7 +247,7 @@ def usage(
 ) -> None:
     """Calls, failures, tokens, cost, p50/p95 latency and fallback rate, per group and in total."""
     from course_llm.db.usage import summarize
-    from course_llm.usage import parse_group_by
+    from course_llm.reporting.usage import parse_group_by
 
     filters = _filters(locals())
     with user_errors():
@@ -279,7 +279,7 @@ def export(
     from rich.progress import Progress
 
     from course_llm.db.usage import count_matching, iter_calls
-    from course_llm.usage import parse_export_format, write_export
+    from course_llm.reporting.usage import parse_export_format, write_export
 
     filters = _filters(locals())
     with user_errors():

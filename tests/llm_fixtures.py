@@ -18,7 +18,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("DISABLE_AIOHTTP_TRANSPORT", "True")
 
 from course_llm._litellm import flush_logging_worker, load_litellm
-from course_llm.registry import Registry, load_registry
+from course_llm.routing.registry import Registry, load_registry
 from tests.providers import ProviderMock
 
 litellm = load_litellm()

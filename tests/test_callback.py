@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from course_llm.callback import CallLogger, record_from_failure, record_from_success, split_group
-from course_llm.records import CallRecord, redact
+from course_llm.recording.callback import CallLogger, record_from_failure, record_from_success, split_group
+from course_llm.recording.records import CallRecord, redact
 
 MODEL_INFO = {
     "id": "course_structuring/default/gemini-2.5-flash",

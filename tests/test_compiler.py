@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from course_llm.compiler import compile_proxy_config, compile_router_config, render_proxy_config
-from course_llm.registry import Registry, load_registry, parse_registry
+from course_llm.routing.compiler import compile_proxy_config, compile_router_config, render_proxy_config
+from course_llm.routing.registry import Registry, load_registry, parse_registry
 
 ROOT = Path(__file__).parent.parent
 

@@ -36,10 +36,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from course_llm.db import create_session_factory, dispose_session_factory, insert_records, upgrade_database
-from course_llm.metrics import MetricsRecorder, create_metrics_router
 from course_llm.proxy.dashboard import create_dashboard_router
 from course_llm.proxy.usage_api import create_usage_router
-from course_llm.records import CallRecord
+from course_llm.recording.records import CallRecord
+from course_llm.reporting.metrics import MetricsRecorder, create_metrics_router
 
 KEY = "sk-dashboard-test-key"
 NOW = datetime.now(UTC).replace(microsecond=0)

@@ -45,7 +45,7 @@ from course_llm.db import (
     upgrade_database,
     upgrade_database_async,
 )
-from course_llm.records import CallRecord, new_id
+from course_llm.recording.records import CallRecord, new_id
 
 ROOT = Path(__file__).resolve().parent.parent
 

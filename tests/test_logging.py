@@ -15,9 +15,9 @@ import sqlalchemy as sa
 
 from course_llm import AllModelsFailedError, call_scope
 from course_llm.db import LLMCall, count_calls, create_session_factory, dispose_session_factory, fetch_request
-from course_llm.facade import ModelRouter
-from course_llm.registry import Registry
-from course_llm.writer import RecordWriter
+from course_llm.recording.writer import RecordWriter
+from course_llm.routing.facade import ModelRouter
+from course_llm.routing.registry import Registry
 from tests.providers import TOKENS_IN, TOKENS_OUT, ProviderMock
 
 

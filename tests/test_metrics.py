@@ -1,4 +1,4 @@
-"""Tests for course_llm.metrics: records in, Prometheus exposition out, and the keyed /metrics route.
+"""Tests for course_llm.reporting.metrics: records in, Prometheus text out, and the keyed /metrics route.
 
 The exposition is read back with prometheus_client's own parser rather than matched as text, so
 label order and float spelling do not matter; the expected values are worked out by hand from the
@@ -15,8 +15,13 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from course_llm.metrics import LATENCY_BUCKETS, MetricsRecorder, bearer_key_matches, create_metrics_router
-from course_llm.records import CallRecord
+from course_llm.recording.records import CallRecord
+from course_llm.reporting.metrics import (
+    LATENCY_BUCKETS,
+    MetricsRecorder,
+    bearer_key_matches,
+    create_metrics_router,
+)
 
 KEY = "sk-test-master-key"
 VIDEO = {"action": "video_analysis", "strategy": "quality", "provider": "gemini", "model": "gemini-2.5-flash"}

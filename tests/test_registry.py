@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from course_llm import CourseLLMError, RegistryError, UnknownActionError, load_registry
-from course_llm.registry import Registry
+from course_llm.routing.registry import Registry
 
 SHIPPED = Path(__file__).parent.parent / "config" / "models.yaml"
 

@@ -12,8 +12,8 @@ import pytest
 from pydantic import BaseModel
 
 from course_llm import AllModelsFailedError, StructuredOutputError, UnknownActionError, UnknownProviderError
-from course_llm.facade import ModelRouter
-from course_llm.registry import Registry, load_registry, parse_registry
+from course_llm.routing.facade import ModelRouter
+from course_llm.routing.registry import Registry, load_registry, parse_registry
 from tests.providers import TOKENS_IN, TOKENS_OUT, ProviderMock
 
 SHIPPED = load_registry("config/models.yaml")

@@ -113,7 +113,7 @@ async def test_a_database_that_is_down_neither_stops_nor_delays_the_tracked_call
         ran = True
         call.tokens_in = 3
     assert ran  # the caller's own SDK call happened
-    from course_llm.tracking import _default_session_factory, _writer_for
+    from course_llm.recording.tracking import _default_session_factory, _writer_for
 
     writer = _writer_for(_default_session_factory())
     assert writer.pending + int(writer.busy) == 1  # not written yet: the block did not wait for it

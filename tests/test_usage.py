@@ -1,4 +1,4 @@
-"""course_llm.usage: parsing of the usage filters, group keys and pages, and the export formats.
+"""course_llm.reporting.usage: parsing of the usage filters, group keys and pages, and the export formats.
 
 No database here: these are the rules both front ends (CLI and HTTP) share.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from course_llm.errors import UsageQueryError
-from course_llm.usage import (
+from course_llm.reporting.usage import (
     CALL_COLUMNS,
     CallsPage,
     UsageFilters,

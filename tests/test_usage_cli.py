@@ -19,7 +19,7 @@ from typer.testing import CliRunner, Result
 
 from course_llm.cli import app
 from course_llm.db import LLMCall, create_session_factory, dispose_session_factory
-from course_llm.usage import CALL_COLUMNS
+from course_llm.reporting.usage import CALL_COLUMNS
 from tests.usage_seed import NEWEST_FIRST, seed
 
 runner = CliRunner()

@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from course_llm.db import insert_records
 from course_llm.db.usage import count_matching, iter_calls, list_calls, request_attempts, summarize
-from course_llm.records import CallRecord
-from course_llm.usage import CALL_COLUMNS, FIGURES, UsageFilters, filters_from, parse_filters
+from course_llm.recording.records import CallRecord
+from course_llm.reporting.usage import CALL_COLUMNS, FIGURES, UsageFilters, filters_from, parse_filters
 from tests.usage_seed import NEWEST_FIRST, seed
 
 Factory = async_sessionmaker[AsyncSession]

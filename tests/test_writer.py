@@ -17,10 +17,10 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from course_llm.db import count_calls, create_session_factory, dispose_session_factory, upgrade_database_async
-from course_llm.facade import ModelRouter
-from course_llm.records import CallRecord
-from course_llm.registry import Registry
-from course_llm.writer import RecordWriter
+from course_llm.recording.records import CallRecord
+from course_llm.recording.writer import RecordWriter
+from course_llm.routing.facade import ModelRouter
+from course_llm.routing.registry import Registry
 from tests.providers import ProviderMock
 from tests.tcp_proxy import TcpProxy
 
@@ -217,7 +217,7 @@ def test_rows_left_in_memory_at_interpreter_exit_are_spooled(tmp_path: Path) -> 
         f"""
         import asyncio
         from course_llm.db import create_session_factory
-        from course_llm.writer import RecordWriter
+        from course_llm.recording.writer import RecordWriter
         from tests.test_writer import row
 
         async def main():

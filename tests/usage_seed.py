@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from course_llm.db import insert_records
-from course_llm.records import CallRecord
+from course_llm.recording.records import CallRecord
 
 D1 = datetime(2025, 3, 1, tzinfo=UTC)
 D2 = datetime(2025, 3, 2, tzinfo=UTC)

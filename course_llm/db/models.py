@@ -1,6 +1,6 @@
 """SQLAlchemy models: the `llm_calls` table, one row per LLM attempt.
 
-`LLMCall` mirrors `course_llm.records.CallRecord` field for field, so a record's `as_dict()` is an
+`LLMCall` mirrors `course_llm.recording.records.CallRecord` field for field, so a record's `as_dict()` is an
 INSERT's parameters as it stands. The schema itself only ever changes through Alembic
 (`alembic/versions/`); `tests/test_db.py` proves these models and the migrations agree on SQLite and
 PostgreSQL, so a column added here without a migration (or the other way round) fails the suite.
@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from course_llm.records import CallRecord, new_id, utcnow
+from course_llm.recording.records import CallRecord, new_id, utcnow
 
 __all__ = ["NAMING_CONVENTION", "Base", "LLMCall", "UTCDateTime"]
 

@@ -1,7 +1,7 @@
 """Usage reporting queries over llm_calls: pages of rows, summaries, one request's attempts, export.
 
 Each function takes a session factory and a `UsageFilters` (parsed from user input by
-`course_llm.usage`) and returns plain data: rows are dicts keyed by column name (`metadata` for the
+`course_llm.reporting.usage`) and returns plain data: rows are dicts keyed by column name (`metadata` for the
 JSON column), with the id as a string and `created_at` as an ISO 8601 UTC string, ready for JSON.
 
 Every value reaches the database as a bound parameter; only column names and the fixed expressions
@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from course_llm.db.models import LLMCall
 from course_llm.db.session import SessionFactory
-from course_llm.usage import GROUP_KEYS, CallsPage, Summary, UsageFilters
+from course_llm.reporting.usage import GROUP_KEYS, CallsPage, Summary, UsageFilters
 
 __all__ = [
     "CallsPage",

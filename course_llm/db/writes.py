@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from course_llm.db.models import LLMCall
 from course_llm.db.session import SessionFactory
-from course_llm.records import CallRecord
+from course_llm.recording.records import CallRecord
 
 __all__ = ["count_calls", "fetch_request", "insert_records"]
 

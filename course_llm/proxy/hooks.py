@@ -22,7 +22,8 @@ import structlog
 from fastapi import HTTPException
 
 from course_llm._litellm import flush_logging_worker
-from course_llm.callback import (
+from course_llm.errors import AllModelsFailedError, UnknownActionError
+from course_llm.recording.callback import (
     REQUEST_ID_KEY,
     TAGS_KEY,
     CallLogger,
@@ -30,10 +31,9 @@ from course_llm.callback import (
     remember,
     split_group,
 )
-from course_llm.errors import AllModelsFailedError, UnknownActionError
-from course_llm.records import CallRecord, new_id
+from course_llm.recording.records import CallRecord, new_id
+from course_llm.recording.writer import RecordWriter
 from course_llm.settings import Settings
-from course_llm.writer import RecordWriter
 
 log = structlog.get_logger()
 

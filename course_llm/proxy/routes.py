@@ -33,7 +33,7 @@ def mount_routes(app: Any, *, mock: bool = False) -> None:
     except ImportError as exc:  # pragma: no cover - while the usage API is being built
         log.warning("usage_api_unavailable", error=str(exc))
     try:
-        from course_llm.metrics import MetricsRecorder, create_metrics_router
+        from course_llm.reporting.metrics import MetricsRecorder, create_metrics_router
 
         recorder = MetricsRecorder()
         logger.add_observer(recorder.observe)

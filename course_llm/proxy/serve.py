@@ -22,9 +22,9 @@ from typing import Any
 import structlog
 
 from course_llm._litellm import configure_environment
-from course_llm.compiler import compile_proxy_config, render_proxy_config
 from course_llm.errors import CourseLLMError
-from course_llm.registry import load_registry
+from course_llm.routing.compiler import compile_proxy_config, render_proxy_config
+from course_llm.routing.registry import load_registry
 from course_llm.settings import Settings
 
 log = structlog.get_logger()

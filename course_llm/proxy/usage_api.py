@@ -10,7 +10,7 @@ with no key configured serves no usage data at all (503), since the data shows s
 Errors are JSON `{"error": "..."}`: 400 for a bad filter (`"status: 'ok' is not one of: …"`),
 404 for an unknown request id, 503 when the database cannot be read.
 
-Query parameters are read as strings and validated by `course_llm.usage`, the same parser as the
+Query parameters are read as strings and validated by `course_llm.reporting.usage`, the same parser as the
 CLI's, so both reject the same values with the same messages. An unknown or repeated parameter is
 a 400 rather than silently ignored: `?model=x` (for `model_id`) must not return every row.
 """
@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 from course_llm.db import SessionFactory, is_database_error
 from course_llm.db.usage import list_calls, request_attempts, summarize
 from course_llm.errors import UsageQueryError
-from course_llm.usage import FILTER_NAMES, filters_from, parse_group_by, parse_page
+from course_llm.reporting.usage import FILTER_NAMES, filters_from, parse_group_by, parse_page
 
 __all__ = ["create_usage_router"]
 

@@ -22,19 +22,26 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from course_llm._litellm import add_callback, flush_logging_worker, load_litellm, remove_callback
-from course_llm.callback import EXTRA_KEY, REQUEST_ID_KEY, ROUTER_TAG, TAGS_KEY, CallLogger, litellm_tags
-from course_llm.compiler import compile_router_config, group_name, parse_deployment_id
 from course_llm.errors import (
     AllModelsFailedError,
     StructuredOutputError,
     UnknownActionError,
     UnknownProviderError,
 )
-from course_llm.records import CallRecord, new_id, utcnow
-from course_llm.registry import DEFAULT_STRATEGY, Registry, load_registry
+from course_llm.recording.callback import (
+    EXTRA_KEY,
+    REQUEST_ID_KEY,
+    ROUTER_TAG,
+    TAGS_KEY,
+    CallLogger,
+    litellm_tags,
+)
+from course_llm.recording.records import CallRecord, new_id, utcnow
+from course_llm.recording.writer import RecordWriter
+from course_llm.routing.compiler import compile_router_config, group_name, parse_deployment_id
+from course_llm.routing.registry import DEFAULT_STRATEGY, Registry, load_registry
 from course_llm.scope import current_scope
 from course_llm.settings import Settings
-from course_llm.writer import RecordWriter
 
 if TYPE_CHECKING:
     from course_llm.db import SessionFactory

@@ -18,7 +18,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from course_llm.registry import DEFAULT_STRATEGY, ModelConfig, Registry
+from course_llm.routing.registry import DEFAULT_STRATEGY, ModelConfig, Registry
 
 #: LiteLLM resolves this dotted path to the proxy's logger instance (course_llm/proxy/callback.py).
 PROXY_CALLBACK = "course_llm.proxy.callback.logger"

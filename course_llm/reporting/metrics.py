@@ -31,7 +31,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-from course_llm.records import CallRecord
+from course_llm.recording.records import CallRecord
 
 __all__ = ["LABELS", "LATENCY_BUCKETS", "MetricsRecorder", "bearer_key_matches", "create_metrics_router"]
 

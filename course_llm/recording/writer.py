@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from course_llm.records import CallRecord
+from course_llm.recording.records import CallRecord
 
 if TYPE_CHECKING:
     from course_llm.db import SessionFactory

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from course_llm.errors import RegistryError
-from course_llm.records import CallRecord, new_id, redact, status_code_of, utcnow
-from course_llm.registry import DEFAULT_STRATEGY, Registry, load_registry
+from course_llm.recording.records import CallRecord, new_id, redact, status_code_of, utcnow
+from course_llm.recording.writer import RecordWriter
+from course_llm.routing.registry import DEFAULT_STRATEGY, Registry, load_registry
 from course_llm.scope import current_scope
 from course_llm.settings import Settings
-from course_llm.writer import RecordWriter
 
 if TYPE_CHECKING:
     from course_llm.db import SessionFactory

@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 import structlog
 
 from course_llm._litellm import load_litellm
-from course_llm.compiler import parse_deployment_id
-from course_llm.records import CallRecord, Source, redact, status_code_of
-from course_llm.registry import DEFAULT_STRATEGY
+from course_llm.recording.records import CallRecord, Source, redact, status_code_of
+from course_llm.routing.compiler import parse_deployment_id
+from course_llm.routing.registry import DEFAULT_STRATEGY
 
 log = structlog.get_logger()
 

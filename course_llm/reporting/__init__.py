@@ -1,0 +1,1 @@
+"""Reporting: usage filters and summaries, and the Prometheus metrics."""
