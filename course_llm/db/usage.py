@@ -19,10 +19,16 @@ Summary figures, per group and in total:
   interpolation is done in Python (SQLite is the single-user default; big tables belong on
   PostgreSQL).
 - `day` is the UTC calendar date of `created_at`, as YYYY-MM-DD.
+
+Every value read is JSON-safe: course_llm cleans what it writes (`recording/clean.py`), but a row
+another path wrote (plain SQL) may hold NaN or ±Infinity in a float column (PostgreSQL keeps them;
+SQLite keeps ±Infinity) or `NaN`/`Infinity` in SQLite's JSON text. Such values read as None, here
+and in the summary figures, so no report fails to render because of one row.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -31,6 +37,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from course_llm.db.models import LLMCall
@@ -86,11 +93,45 @@ def _conditions(filters: UsageFilters) -> list[sa.ColumnElement[bool]]:
     return conditions
 
 
+def _null_constant(_name: str) -> None:
+    return None
+
+
+class _ReadJSON(sa.TypeDecorator[Any]):
+    """The metadata column as read for reports: `NaN` and `±Infinity` in the JSON text are None.
+
+    SQLite hands over the stored text, parsed here with `parse_constant` at no extra cost. asyncpg
+    decodes JSONB itself (and JSONB cannot hold NaN), so a value that is not text passes as is.
+    """
+
+    impl = sa.Text()
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if isinstance(value, str):
+            return json.loads(value, parse_constant=_null_constant)
+        return value
+
+
+#: Every column of llm_calls, the metadata column read through `_ReadJSON`.
+_ROW_COLUMNS = [
+    sa.type_coerce(column, _ReadJSON()).label(column.name) if column.name == "metadata" else column
+    for column in _TABLE.columns
+]
+
+
+def _finite(value: Any) -> Any:
+    """None for NaN and ±Infinity, which JSON cannot carry; any other value as it is."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def _row_dict(row: sa.RowMapping) -> dict[str, Any]:
     """A result row as JSON-friendly data: the uuid as a string, the timestamp as ISO 8601 UTC."""
     data = dict(row)
     data["id"] = str(data["id"])
     data["created_at"] = data["created_at"].isoformat()
+    data["latency_ms"] = _finite(data["latency_ms"])
+    data["cost_usd"] = _finite(data["cost_usd"])
     return data
 
 
@@ -111,7 +152,7 @@ async def list_calls(
     if page < 1 or page_size < 1:
         raise ValueError(f"page and page_size must be >= 1, got {page}, {page_size}")
     statement = (
-        sa.select(_TABLE)
+        sa.select(*_ROW_COLUMNS)
         .where(*_conditions(filters))
         .order_by(*_NEWEST_FIRST)
         .limit(page_size)
@@ -127,7 +168,7 @@ async def list_calls(
 async def request_attempts(session_factory: SessionFactory, request_id: str) -> list[dict[str, Any]]:
     """Every attempt of one request, in the order they were made (empty when the id is unknown)."""
     statement = (
-        sa.select(_TABLE).where(_C.request_id == request_id).order_by(_C.attempt, _C.created_at, _C.id)
+        sa.select(*_ROW_COLUMNS).where(_C.request_id == request_id).order_by(_C.attempt, _C.created_at, _C.id)
     )
     async with session_factory() as session:
         rows = (await session.execute(statement)).mappings().all()
@@ -144,7 +185,7 @@ async def iter_calls(
     one read transaction, so the export is a consistent snapshot on PostgreSQL.
     """
     statement = (
-        sa.select(_TABLE)
+        sa.select(*_ROW_COLUMNS)
         .where(*_conditions(filters))
         .order_by(_C.created_at, _C.id)
         .execution_options(yield_per=batch)
@@ -197,9 +238,9 @@ def _figures(row: Mapping[str, Any]) -> dict[str, Any]:
         "error_rate": failures / calls if calls else 0.0,
         "tokens_in": int(row["tokens_in"] or 0),
         "tokens_out": int(row["tokens_out"] or 0),
-        "cost_usd": float(row["cost_usd"] or 0.0),
-        "p50_latency_ms": row["p50_latency_ms"],
-        "p95_latency_ms": row["p95_latency_ms"],
+        "cost_usd": _finite(float(row["cost_usd"] or 0.0)),
+        "p50_latency_ms": _finite(row["p50_latency_ms"]),
+        "p95_latency_ms": _finite(row["p95_latency_ms"]),
         "fallback_rate": fallbacks / successes if successes else 0.0,
     }
 
@@ -316,9 +357,11 @@ def _key(value: Any) -> Any:
 
 def _sort_key(group_by: Sequence[str]) -> Any:
     def key(group: dict[str, Any]) -> tuple[Any, ...]:
-        # Cost first (highest first), then the keys with None after every value, for a stable order
-        # that does not depend on how each database sorts NULLs.
-        return (-group["cost_usd"], *((group[k] is None, group[k] or "") for k in group_by))
+        # Cost first (highest first; unknown, from a non-finite stored cost, last), then the keys
+        # with None after every value, for a stable order that does not depend on how each
+        # database sorts NULLs.
+        cost = group["cost_usd"]
+        return (cost is None, -(cost or 0.0), *((group[k] is None, group[k] or "") for k in group_by))
 
     return key
 

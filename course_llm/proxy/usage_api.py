@@ -10,6 +10,12 @@ with no key configured serves no usage data at all (503), since the data shows s
 Errors are JSON `{"error": "..."}`: 400 for a bad filter (`"status: 'ok' is not one of: …"`),
 404 for an unknown request id, 503 when the database cannot be read.
 
+Responses never fail to render: a row another path wrote (plain SQL) may hold a value JSON cannot
+carry (NaN, ±Infinity), and Starlette's JSONResponse refuses those, which would turn one bad row
+into a 500 for every page that includes it. `db/usage.py` already reads such values as None;
+`_json` is the second line, cleaning the body (`recording.clean.clean_value`) only when rendering
+it failed.
+
 Query parameters are read as strings and validated by `course_llm.reporting.usage`, the same parser as the
 CLI's, so both reject the same values with the same messages. An unknown or repeated parameter is
 a 400 rather than silently ignored: `?model=x` (for `model_id`) must not return every row.
@@ -28,6 +34,7 @@ from fastapi.responses import JSONResponse
 from course_llm.db import SessionFactory, is_database_error
 from course_llm.db.usage import list_calls, request_attempts, summarize
 from course_llm.errors import UsageQueryError
+from course_llm.recording.clean import clean_value
 from course_llm.reporting.usage import FILTER_NAMES, filters_from, parse_group_by, parse_page
 
 __all__ = ["create_usage_router"]
@@ -40,8 +47,17 @@ _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 Answer = Callable[[SessionFactory, dict[str, str]], Awaitable[JSONResponse | dict[str, Any]]]
 
 
+def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    """A JSON response of `content`; values JSON cannot carry become null, strings are cleaned."""
+    try:
+        return JSONResponse(content, status_code=status_code, headers=headers)
+    except (ValueError, UnicodeEncodeError):  # NaN/±Infinity, a lone surrogate (see above)
+        log.warning("usage_response_cleaned", reason="a stored value JSON cannot carry")
+        return JSONResponse(clean_value(content), status_code=status_code, headers=headers)
+
+
 def _error(status_code: int, message: str, **headers: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status_code, headers=headers or None)
+    return _json({"error": message}, status_code=status_code, headers=headers or None)
 
 
 def _refusal(request: Request, master_key: str | None) -> JSONResponse | None:
@@ -67,6 +83,9 @@ def _query(request: Request, allowed: tuple[str, ...]) -> dict[str, str]:
             raise UsageQueryError(name, f"unknown parameter; valid parameters: {', '.join(allowed)}")
         if name in params:
             raise UsageQueryError(name, "given more than once")
+        if "\x00" in value:
+            # No stored value holds one (they are cleaned), and PostgreSQL refuses it in a query.
+            raise UsageQueryError(name, "contains a NUL character")
         params[name] = value
     return params
 
@@ -103,7 +122,7 @@ def create_usage_router(
             log.warning("usage_query_failed", path=request.url.path, error=type(exc).__name__)
             first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return _error(503, f"database error: {first_line}")
-        return body if isinstance(body, JSONResponse) else JSONResponse(body)
+        return body if isinstance(body, JSONResponse) else _json(body)
 
     @router.get("/usage/calls")
     async def usage_calls(request: Request) -> JSONResponse:
@@ -132,7 +151,8 @@ def create_usage_router(
         """Every attempt of one request, in the order they were made."""
 
         async def answer(factory: SessionFactory, params: dict[str, str]) -> JSONResponse | dict[str, Any]:
-            attempts = await request_attempts(factory, request_id)
+            # An id with a NUL was never stored (and PostgreSQL refuses it in a query).
+            attempts = [] if "\x00" in request_id else await request_attempts(factory, request_id)
             if not attempts:
                 return _error(404, f"no calls recorded for request {request_id!r}")
             return {"request_id": request_id, "attempts": attempts}
