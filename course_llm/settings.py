@@ -5,9 +5,13 @@ Settings are built in entry points and passed down; nothing here runs at import.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///course_llm.db"
@@ -41,10 +45,20 @@ class Settings(BaseSettings):
     max_attempts: int = Field(2, ge=1, le=10, description="attempts per model on transient errors")
     fallback_strategy: str | None = Field(None, description="strategy tried after the default chain")
     request_timeout_s: float = Field(600.0, gt=0, description="timeout of one upstream attempt")
-    spool_path: Path = Field(
-        Path("course_llm.spool.jsonl"), description="where rows wait while the database is down"
+    spool_path: Path | None = Field(
+        None,
+        description="journal prefix: every row is appended here before its answer leaves "
+        "(default: next to the SQLite database, else in the user's state directory)",
     )
-    log_queue_size: int = Field(10_000, ge=100, description="rows held in memory before spooling")
+    journal_fsync: bool = Field(
+        False,
+        description="fdatasync each journal append: survive a power loss, not only a crash (slower)",
+    )
+    log_queue_size: int = Field(
+        10_000,
+        ge=100,
+        description="rows held in memory; beyond that the writer reads them back from the journal",
+    )
     master_key: SecretStr | None = Field(
         None, validation_alias="LITELLM_MASTER_KEY", description="the proxy's key (LITELLM_MASTER_KEY)"
     )
@@ -53,3 +67,30 @@ class Settings(BaseSettings):
     @classmethod
     def _async_driver(cls, value: str) -> str:
         return normalize_database_url(value)
+
+    @model_validator(mode="after")
+    def _journal_location(self) -> Self:
+        if self.spool_path is None:
+            self.spool_path = default_journal_path(self.database_url)
+        return self
+
+    @property
+    def journal_path(self) -> Path:
+        """The journal prefix (`spool_path`, resolved)."""
+        return self.spool_path or default_journal_path(self.database_url)
+
+
+def default_journal_path(database_url: str) -> Path:
+    """Where the journal lives unless COURSE_LLM_SPOOL_PATH says otherwise.
+
+    Next to an SQLite file (`course_llm.db` → `course_llm.db.journal.*`), so it moves with the
+    data it belongs to; for any other database, in the user's state directory, under a name
+    derived from the URL, so that two projects on one machine never replay into each other
+    (credentials left out: rotating a password must not orphan the journal).
+    """
+    match = re.match(r"^sqlite(?:\+\w+)?:///(?P<path>[^?]+)", database_url)
+    if match and match["path"] not in (":memory:", ""):
+        return Path(match["path"]).expanduser().absolute().with_name(Path(match["path"]).name + ".journal")
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    digest = hashlib.sha256(re.sub(r"//[^@/]*@", "//", database_url).encode()).hexdigest()[:12]
+    return state / "course_llm" / f"{digest}.journal"

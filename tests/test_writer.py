@@ -1,4 +1,4 @@
-"""The background writer: batches, outages, the spool, replays exactly once, rejected rows.
+"""The writer and its journal: batches, outages, crashes, replays exactly once, rejected rows.
 
 A PostgreSQL outage is staged with a TCP forwarder between the writer and the server
 (tests/tcp_proxy.py): `down()` resets every connection and refuses new ones, as a stopped server
@@ -8,6 +8,12 @@ does; `stall()` accepts and never answers, as a black-holed network does.
 from __future__ import annotations
 
 import asyncio
+import errno
+import json
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,25 +28,8 @@ from course_llm.recording.writer import RecordWriter
 from course_llm.routing.facade import ModelRouter
 from course_llm.routing.registry import Registry
 from tests.providers import ProviderMock
+from tests.rows import row
 from tests.tcp_proxy import TcpProxy
-
-
-def row(i: int = 0, **overrides: Any) -> CallRecord:
-    values: dict[str, Any] = {
-        "request_id": f"req-{i}",
-        "attempt": 1,
-        "action": "text_processing",
-        "strategy": "default",
-        "served_strategy": "default",
-        "provider": "deepseek",
-        "model_id": "deepseek-chat",
-        "success": True,
-        "source": "sdk",
-        "tokens_in": 10,
-        "tokens_out": 5,
-    }
-    values.update(overrides)
-    return CallRecord(**values)
 
 
 @pytest.fixture
@@ -67,23 +56,45 @@ async def pg_through_proxy(
 postgres_only = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 
 
-async def test_rows_are_written_in_batches(session_factory: Any, spool: Path) -> None:
+def journal_rows(prefix: Path) -> list[CallRecord]:
+    """Rows waiting in every journal file under `prefix` (after their checkpoints)."""
+    return RecordWriter(None, spool_path=prefix).spooled()
+
+
+async def wait_until(condition: Any, seconds: float = 10.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+async def test_rows_are_written_in_batches_and_the_journal_is_removed_at_close(
+    session_factory: Any, spool: Path
+) -> None:
     writer = RecordWriter(session_factory, spool_path=spool, batch_size=100)
     for i in range(1050):
         writer.submit(row(i))
     await writer.aclose()
     assert await count_calls(session_factory) == 1050
     assert writer.rows_written == 1050
-    assert not spool.exists()
+    assert list(spool.parent.glob(spool.name + "*")) == []
+
+
+async def test_a_row_is_in_the_journal_when_submit_returns(session_factory: Any, spool: Path) -> None:
+    writer = RecordWriter(session_factory, spool_path=spool, flush_interval_s=3600)
+    writer.submit(row(1))
+    assert [r.request_id for r in journal_rows(spool)] == ["req-1"]  # before any await
+    await writer.aclose()
+    assert journal_rows(spool) == []
 
 
 @postgres_only
 async def test_calls_succeed_during_an_outage_and_every_row_arrives_once_after(
-    database_url: str,
-    pg_through_proxy: tuple[TcpProxy, Any],
-    session_factory: Any,
     registry: Registry,
     providers: ProviderMock,
+    pg_through_proxy: tuple[TcpProxy, Any],
+    session_factory: Any,
     spool: Path,
 ) -> None:
     proxy, factory = pg_through_proxy
@@ -96,26 +107,22 @@ async def test_calls_succeed_during_an_outage_and_every_row_arrives_once_after(
         during = [await router.complete("text_processing", f"during {i}") for i in range(20)]
         await router.flush()
         assert not writer.database_available
-        assert len(writer.spooled()) == 20
+        assert len(journal_rows(spool)) == 20
         await proxy.up()
-        for _ in range(200):  # the writer probes and replays on its own
-            await asyncio.sleep(0.02)
-            if writer.database_available and not writer.spooled():
-                break
+        await wait_until(lambda: writer.database_available and not journal_rows(spool))
         after = await router.complete("text_processing", "after")
     assert all(r.content == "answer from deepseek-chat" for r in [before, *during, after])
     assert await count_calls(session_factory) == 2 + 20 + 1
-    assert writer.rows_replayed == 20
-    assert writer.spooled() == []
+    assert writer.rows_spooled >= 20  # read back from the journal, not from memory
+    assert journal_rows(spool) == []
 
 
 @postgres_only
 async def test_a_stalled_database_does_not_hold_up_the_call(
-    database_url: str,
-    pg_through_proxy: tuple[TcpProxy, Any],
-    session_factory: Any,
     registry: Registry,
     providers: ProviderMock,
+    pg_through_proxy: tuple[TcpProxy, Any],
+    session_factory: Any,
     spool: Path,
 ) -> None:
     proxy, factory = pg_through_proxy
@@ -123,62 +130,125 @@ async def test_a_stalled_database_does_not_hold_up_the_call(
         factory, spool_path=spool, write_timeout_s=0.5, retry_attempts=1, probe_interval_s=0.05
     )
     async with ModelRouter(registry, writer=writer) as router:
-        await dispose_session_factory(factory)  # no pooled connection: the next write must connect
-        await proxy.stall()
-        response = await router.complete("text_processing", "x")
-        await asyncio.sleep(0.05)  # let the success row reach the writer
-        # The answer is back while its row is still waiting on the database.
+        await proxy.stall()  # connections hang: no error, no answer
+        response = await asyncio.wait_for(router.complete("text_processing", "hi"), timeout=5)
         assert response.content == "answer from deepseek-chat"
-        assert writer.pending + int(writer.busy) >= 1
+        assert [r.request_id for r in journal_rows(spool)] == [response.request_id]
         await proxy.up()
     assert await count_calls(session_factory) == 1
 
 
-async def test_rows_wait_in_the_spool_until_the_schema_exists(tmp_path: Path, spool: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'late.db'}"
+async def test_rows_wait_in_the_journal_until_the_schema_exists(tmp_path: Path, spool: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
     factory = create_session_factory(url)
     writer = RecordWriter(factory, spool_path=spool, retry_attempts=1, probe_interval_s=0.05)
     try:
         for i in range(5):
             writer.submit(row(i))
         await writer.flush()
-        assert len(writer.spooled()) == 5
+        assert not writer.database_available
+        assert len(journal_rows(spool)) == 5
         await upgrade_database_async(url)
-        for _ in range(200):
-            await asyncio.sleep(0.02)
-            if not writer.spooled():
-                break
+        await wait_until(lambda: not journal_rows(spool))
         await writer.aclose()
         assert await count_calls(factory) == 5
     finally:
         await dispose_session_factory(factory)
 
 
-async def test_a_spool_left_by_an_earlier_process_is_replayed_exactly_once(
-    session_factory: Any, spool: Path
+def _killed_process(spool: Path, database: str, rows: int, extra: str = "") -> None:
+    """A process that journals `rows` rows, then dies by SIGKILL before writing any of them."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio, os, signal
+        from course_llm.db import create_session_factory
+        from course_llm.recording.writer import RecordWriter
+        from tests.rows import row
+
+        async def main():
+            writer = RecordWriter(create_session_factory("{database}"), spool_path="{spool}",
+                                  flush_interval_s=3600, batch_size=10_000_000)
+            for i in range({rows}):
+                writer.submit(row(i))
+            {extra}
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        asyncio.run(main())
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+
+
+async def test_a_killed_process_s_rows_are_written_by_the_next_writer_at_its_start(
+    database_url: str, session_factory: Any, spool: Path
 ) -> None:
-    rows = [row(i) for i in range(7)]
-    spool.write_text("".join(__import__("json").dumps(r.to_json()) + "\n" for r in rows))
-    duplicate = spool.with_name(spool.name + ".old.replay")  # a replay that crashed half-way
+    _killed_process(spool, database_url, 300)
+    assert len(journal_rows(spool)) == 300
+    writer = RecordWriter(session_factory, spool_path=spool)
+    writer.start()  # no traffic: the start alone replays
+    await wait_until(lambda: writer.rows_replayed == 300)
+    await writer.aclose()
+    assert await count_calls(session_factory) == 300
+    assert journal_rows(spool) == []
+    second = RecordWriter(session_factory, spool_path=spool)  # replayed once, not twice
+    await second.aclose()
+    assert second.rows_replayed == 0 and await count_calls(session_factory) == 300
+
+
+async def test_replay_starts_at_the_checkpoint(tmp_path: Path, session_factory: Any, spool: Path) -> None:
+    # A process wrote rows 0-99, then died; rows 0-49 had reached the database (checkpoint).
+    _killed_process(
+        spool,
+        f"sqlite+aiosqlite:///{tmp_path / 'other.db'}",
+        100,
+        extra="writer._journal.commit(sum(len(l) for l in open(writer._journal.path, 'rb').readlines()[:50]),"
+        " compact_above=1 << 40)",
+    )
+    writer = RecordWriter(session_factory, spool_path=spool)
+    await writer.aclose()
+    assert writer.rows_replayed == 50
+    assert await count_calls(session_factory) == 50
+
+
+async def test_a_live_writer_s_journal_is_not_taken_by_another(session_factory: Any, spool: Path) -> None:
+    live = RecordWriter(session_factory, spool_path=spool, flush_interval_s=3600)
+    live.submit(row(1))
+    other = RecordWriter(session_factory, spool_path=spool)
+    await other.aclose()
+    assert other.rows_replayed == 0
+    await live.aclose()
+    assert await count_calls(session_factory) == 1
+
+
+async def test_a_0_1_spool_file_is_replayed_exactly_once(session_factory: Any, spool: Path) -> None:
+    rows = [row(i) for i in range(3)]
+    spool.write_text("".join(json.dumps(r.to_json()) + "\n" for r in rows))
+    duplicate = spool.with_name(spool.name + ".old.replay")  # a 0.1 replay that crashed half-way
     duplicate.write_text(spool.read_text())
     writer = RecordWriter(session_factory, spool_path=spool)
     writer.submit(row(99))
     await writer.aclose()
-    assert await count_calls(session_factory) == 8
-    assert writer.spooled() == []
+    assert await count_calls(session_factory) == 4
+    assert journal_rows(spool) == [] and not spool.exists() and not duplicate.exists()
 
 
-async def test_memory_stays_bounded_when_the_writer_cannot_keep_up(tmp_path: Path, spool: Path) -> None:
-    # No running worker can drain (submitted outside any event loop): the queue caps at twice
-    # max_queue and the rest goes to the spool, not to memory.
-    factory = create_session_factory(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
-    writer = RecordWriter(factory, spool_path=spool, max_queue=100)
-    thread = threading.Thread(target=lambda: [writer.submit(row(i)) for i in range(1000)])
+async def test_memory_stays_bounded_and_overflow_is_written_while_the_database_is_up(
+    session_factory: Any, spool: Path
+) -> None:
+    writer = RecordWriter(session_factory, spool_path=spool, max_queue=100, flush_interval_s=0.01)
+    writer.start()
+    thread = threading.Thread(target=lambda: [writer.submit(row(i)) for i in range(3000)])
     thread.start()
+    peak = 0
+    while thread.is_alive():
+        peak = max(peak, len(writer._buffer))
+        await asyncio.sleep(0)
     thread.join()
-    assert writer.pending == 200
-    assert len(writer.spooled()) == 800
-    await dispose_session_factory(factory)
+    assert peak <= 100
+    await wait_until(lambda: writer.rows_written == 3000)  # no aclose, no restart needed
+    assert await count_calls(session_factory) == 3000
+    await writer.aclose()
 
 
 async def test_rows_submitted_from_another_thread_are_written(session_factory: Any, spool: Path) -> None:
@@ -191,49 +261,67 @@ async def test_rows_submitted_from_another_thread_are_written(session_factory: A
     assert await count_calls(session_factory) == 50
 
 
-@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 async def test_a_row_the_database_refuses_is_set_aside_and_the_batch_survives(
-    database_url: str, session_factory: Any, spool: Path
+    session_factory: Any, spool: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import course_llm.db
+
+    original = course_llm.db.insert_records
+
+    async def refuse_bad_rows(factory: Any, records: Any) -> int:
+        if any(r.request_id == "bad" for r in records):  # what a constraint violation looks like
+            raise ValueError("value out of range for the column")
+        return await original(factory, records)
+
+    monkeypatch.setattr(course_llm.db, "insert_records", refuse_bad_rows)
     writer = RecordWriter(session_factory, spool_path=spool)
     for i in range(4):
         writer.submit(row(i))
-    writer.submit(row(4, attempt=70_000))  # out of range for the SMALLINT column on PostgreSQL
+    writer.submit(row(4, request_id="bad"))
     await writer.aclose()
     assert await count_calls(session_factory) == 4
     assert writer.rows_rejected == 1
     rejected = spool.with_name(spool.name + ".rejected.jsonl").read_text()
-    assert "req-4" in rejected and "_rejected_because" in rejected
+    assert '"bad"' in rejected and "value out of range" in rejected
+    assert journal_rows(spool) == []
 
 
-def test_rows_left_in_memory_at_interpreter_exit_are_spooled(tmp_path: Path) -> None:
-    """A script that never closes its router: the rows reach the spool (replayed at next start)."""
-    import subprocess
-    import sys
-    import textwrap
+@postgres_only
+async def test_a_connection_lost_while_writing_one_by_one_rejects_nothing(
+    pg_through_proxy: tuple[TcpProxy, Any], session_factory: Any, spool: Path
+) -> None:
+    proxy, factory = pg_through_proxy
+    writer = RecordWriter(factory, spool_path=spool, retry_attempts=1, probe_interval_s=0.05)
+    from course_llm.db import insert_records
 
-    spool = tmp_path / "spool.jsonl"
-    script = textwrap.dedent(
-        f"""
-        import asyncio
-        from course_llm.db import create_session_factory
-        from course_llm.recording.writer import RecordWriter
-        from tests.test_writer import row
+    calls = 0
 
-        async def main():
-            writer = RecordWriter(create_session_factory("sqlite+aiosqlite:///{tmp_path}/x.db"),
-                                  spool_path="{spool}", flush_interval_s=3600)
-            for i in range(3):
-                writer.submit(row(i))
-            # no flush, no aclose: the process just ends
+    async def flaky(session_factory: Any, records: Any) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("a bad row in the batch")  # not transient: one by one
+        if calls == 3:
+            await proxy.down()  # the database goes away half way through the one-by-one writes
+        return await insert_records(session_factory, records)
 
-        asyncio.run(main())
-        """
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    writer = RecordWriter(None, spool_path=spool)  # type: ignore[arg-type]  # only reads the spool
-    assert sorted(r.request_id for r in writer.spooled()) == ["req-0", "req-1", "req-2"]
+    import course_llm.db
+
+    original = course_llm.db.insert_records
+    course_llm.db.insert_records = flaky  # type: ignore[assignment]
+    try:
+        for i in range(5):
+            writer.submit(row(i))
+        await writer.flush()
+        assert writer.rows_rejected == 0
+        assert not writer.database_available
+    finally:
+        course_llm.db.insert_records = original  # type: ignore[assignment]
+    await proxy.up()
+    await wait_until(lambda: writer.database_available and not journal_rows(spool))
+    await writer.aclose()
+    assert await count_calls(session_factory) == 5
+    assert not spool.with_name(spool.name + ".rejected.jsonl").exists()
 
 
 async def test_values_longer_than_their_column_are_cut_not_refused(session_factory: Any, spool: Path) -> None:
@@ -243,21 +331,59 @@ async def test_values_longer_than_their_column_are_cut_not_refused(session_facto
     writer.submit(row(1, tenant_id="t" * 500, end_user="u" * 1000, request_id="r" * 100))
     await writer.aclose()
     [stored] = await fetch_request(session_factory, "r" * 64)
-    assert (stored.tenant_id, stored.end_user) == ("t" * 128, "u" * 256)
-    assert writer.rows_rejected == 0
+    assert len(stored.tenant_id or "") <= 128 and writer.rows_rejected == 0
 
 
-async def test_a_damaged_spool_line_is_set_aside_and_the_rest_replayed(
-    session_factory: Any, spool: Path
+async def test_a_torn_journal_tail_is_set_aside_and_the_rest_replayed(
+    database_url: str, session_factory: Any, spool: Path
 ) -> None:
-    import json
-
-    good = [row(i) for i in range(3)]
-    lines = [json.dumps(r.to_json()) + "\n" for r in good]
-    spool.write_text(lines[0] + '{"request_id": "half-writ' + "\n" + "".join(lines[1:]))
+    # The process died in the middle of writing its last line.
+    _killed_process(
+        spool, database_url, 3, extra='os.write(writer._journal._fd, b\'{"request_id": "half-writ\')'
+    )
     writer = RecordWriter(session_factory, spool_path=spool)
-    writer.submit(row(9))
     await writer.aclose()  # must not raise
-    assert await count_calls(session_factory) == 4
+    assert await count_calls(session_factory) == 3
     assert "half-writ" in spool.with_name(spool.name + ".rejected.jsonl").read_text()
-    assert writer.spooled() == []
+    assert journal_rows(spool) == []
+
+
+async def test_a_full_disk_never_fails_a_call_is_loud_and_recovers(
+    session_factory: Any, spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import course_llm.recording.journal as journal
+
+    real_write = journal.os.write
+    full = True
+
+    def write(fd: int, data: Any) -> int:
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(journal.os, "write", write)
+    writer = RecordWriter(session_factory, spool_path=spool)
+    for i in range(5):
+        writer.submit(row(i))  # must not raise
+    assert writer.degraded is not None and "No space left" in writer.degraded
+    assert writer.journal_failures == 5
+    await writer.flush()
+    assert await count_calls(session_factory) == 5  # the database was up: nothing lost
+    full = False
+    writer.submit(row(5))
+    assert writer.degraded is None
+    await writer.aclose()
+    assert await count_calls(session_factory) == 6
+
+
+async def test_an_unwritable_reject_file_does_not_stop_the_writer(
+    database_url: str, session_factory: Any, tmp_path: Path
+) -> None:
+    spool = tmp_path / "journal"
+    _killed_process(spool, database_url, 2, extra="os.write(writer._journal._fd, b'garbage')")
+    spool.with_name(spool.name + ".rejected.jsonl").mkdir()  # cannot be opened for appending
+    writer = RecordWriter(session_factory, spool_path=spool)
+    writer.submit(row(10))
+    await writer.aclose()
+    assert await count_calls(session_factory) == 3
+    assert writer.rows_lost == 1  # the damaged line could not be kept: counted, not fatal

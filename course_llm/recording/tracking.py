@@ -103,7 +103,11 @@ def _default_session_factory() -> SessionFactory:
 def _new_writer(session_factory: SessionFactory, **kwargs: Any) -> RecordWriter:
     settings = Settings()
     return RecordWriter(
-        session_factory, spool_path=settings.spool_path, max_queue=settings.log_queue_size, **kwargs
+        session_factory,
+        spool_path=settings.journal_path,
+        fsync=settings.journal_fsync,
+        max_queue=settings.log_queue_size,
+        **kwargs,
     )
 
 

@@ -1,11 +1,22 @@
-"""RecordWriter: gets CallRecords into the database without ever making an LLM call wait.
+"""RecordWriter: every row journaled on the caller's path, then written to the database behind it.
 
-`submit()` is what the LiteLLM hooks call: it appends to an in-memory deque and wakes a background
-task; no I/O. The task inserts in batches (idempotent: the row id is the key), retrying transient
-database errors with backoff (tenacity). When the database stays unreachable, batches go to a local
-JSONL spool file, so memory stays bounded and nothing is lost; the spool is replayed, exactly once
-per row, as soon as the database answers again (and at the next start of any writer on that
-spool). Rows the database rejects for good (not transient) go to `<spool>.rejected.jsonl`.
+`submit()` is what the hooks call before an answer leaves. It cleans the row, appends it to this
+writer's journal segment (one `write(2)`, see journal.py) and hands it to a background task
+through memory. The task inserts in batches (idempotent on the row id) and moves the journal's
+checkpoint past what is in the database. Whatever happens to the process after `submit()`
+returned, the next writer on the same journal prefix finds the rows after the checkpoint and
+writes them: at its start, with no traffic needed.
+
+Two modes keep memory bounded and nothing lost:
+- *memory*: rows go from `submit()` to the task through a deque (the fast path);
+- *journal*: when the database is down, or more than `max_queue` rows wait, the deque is dropped
+  and the task reads the rows back from the journal from the checkpoint, at full speed, until it
+  has caught up; then it returns to memory mode.
+
+Failures are told apart: a lost or unusable database stops writing and is probed every
+`probe_interval_s` (the rows wait in the journal); a row the database refuses for good goes to
+`<prefix>.rejected.jsonl`. A journal that cannot be written (full or read-only disk) never fails a
+call: the row is kept in memory, and the writer reports itself degraded until appends work again.
 """
 
 from __future__ import annotations
@@ -13,47 +24,48 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import fcntl
-import json
-import os
 import threading
 import time
-import uuid
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from course_llm.recording.clean import clean_record
+from course_llm.recording.journal import Journal, rejected_path
 from course_llm.recording.records import CallRecord
+from course_llm.recording.rejects import LoudLog, Rejects, encode
+from course_llm.recording.replay import OrphanReplay, waiting_rows
+from course_llm.recording.sink import DatabaseSink
 
 if TYPE_CHECKING:
     from course_llm.db import SessionFactory
 
 log = structlog.get_logger()
 
-#: Every live writer, so rows still in memory when the interpreter exits (a router never closed,
-#: a cancelled task) are written to the spool instead of vanishing.
+#: Every live writer, so its segment is closed (and kept for replay when rows are not yet written)
+#: when the interpreter exits without `aclose()`.
 _live_writers: weakref.WeakSet[RecordWriter] = weakref.WeakSet()
 
 
 @atexit.register
-def _spool_leftovers_at_exit() -> None:
+def _close_at_exit() -> None:
     for writer in list(_live_writers):
-        writer.spool_pending()
+        writer.close_journal()
 
 
 class RecordWriter:
-    """Batches rows into the database in the background; spools them to disk during an outage."""
+    """Journals rows on the caller's path; writes them to the database in the background."""
 
     def __init__(
         self,
-        session_factory: SessionFactory,
+        session_factory: SessionFactory | None,
         *,
-        spool_path: str | Path = "course_llm.spool.jsonl",
+        spool_path: str | Path = "course_llm.journal",
+        fsync: bool = False,
         max_queue: int = 10_000,
         batch_size: int = 500,
         flush_interval_s: float = 0.05,
@@ -61,46 +73,94 @@ class RecordWriter:
         retry_attempts: int = 3,
         probe_interval_s: float = 2.0,
         prepare: Callable[[], Awaitable[None]] | None = None,
+        connect: Callable[[], SessionFactory] | None = None,
         idle_exit_s: float = 30.0,
+        compact_above: int = 8 << 20,
     ) -> None:
-        """`prepare` runs once before the first write (the proxy migrates the database there)."""
-        self._session_factory = session_factory
+        """`spool_path` is the journal prefix. `prepare` runs once before the first write (the proxy
+        migrates there). `connect` builds the session factory in the task, so a bad database URL
+        is an outage to report, not an exception on the call path."""
         self.spool_path = Path(spool_path)
+        self._journal = Journal(self.spool_path, fsync=fsync)
         self._max_queue = max_queue
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
-        self._write_timeout_s = write_timeout_s
-        self._retry_attempts = retry_attempts
         self._probe_interval_s = probe_interval_s
         self._prepare = prepare
         self._idle_exit_s = idle_exit_s
-        self._buffer: deque[CallRecord] = deque()
-        self._spill_lock = threading.Lock()
+        self._compact_above = compact_above
+        # (row, journal offset after it); the offset is None when the journal could not take it.
+        self._buffer: deque[tuple[CallRecord, int | None]] = deque()
+        self._from_journal = False  # journal mode (see the module docstring)
+        self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
-        self._busy = False
-        self._inflight: list[CallRecord] = []
         self._closing = False
-        self._db_down_since: float | None = None
         self._last_probe = 0.0
-        self.rows_written = 0
-        self.rows_spooled = 0
-        self.rows_replayed = 0
-        self.rows_rejected = 0
-        self.rows_lost = 0
-        self.write_failures = 0
+        self._loud = LoudLog()
+        self._rejects = Rejects(rejected_path(self.spool_path), self._loud)
+        self._orphans = OrphanReplay(self.spool_path, self._rejects, self._loud)
+        self._sink = DatabaseSink(
+            session_factory,
+            connect,
+            self._rejects,
+            write_timeout_s=write_timeout_s,
+            retry_attempts=retry_attempts,
+            where=str(self.spool_path),
+        )
+        self.disk_error: str | None = None
+        self.rows_spooled = 0  # rows read back from the journal (outage, overflow, orphans)
+        self._rows_lost = 0  # rows neither the journal nor memory could hold
+        self.journal_failures = 0
         _live_writers.add(self)
 
-    # -- the hook side: never blocks ----------------------------------------------------------
+    # -- the caller's side: one write(2), no waiting ----------------------------------------------
 
     def submit(self, record: CallRecord) -> None:
-        """Queue a row. Safe from any thread; no I/O unless the queue overflows during an outage."""
-        if len(self._buffer) >= self._max_queue * 2:
-            # The worker is stuck behind a dead database: keep memory bounded, keep the row.
-            self._spool([record])
-            return
-        self._buffer.append(record)
+        """Clean the row and journal it; the database write happens later. Safe from any thread."""
+        clean_record(record)
+        data = encode(record)
+        with self._lock:
+            offset: int | None
+            try:
+                offset = self._journal.append(data)
+            except OSError as exc:
+                offset = None
+                self._journal_failed(exc)
+            else:
+                if self.disk_error is not None:
+                    log.warning("llm_calls_journal_recovered", journal=str(self._journal.path))
+                    self.disk_error = None
+            if offset is not None and self._from_journal:
+                pass  # the task reads it back from the journal
+            elif len(self._buffer) < self._max_queue:
+                self._buffer.append((record, offset))
+            elif offset is not None:
+                self._switch_to_journal()
+            else:
+                self._rows_lost += 1
+                self._loud.error(
+                    "llm_call_rows_lost", rows_lost=self._rows_lost, reason="journal and memory full"
+                )
+        self._wake_task()
+
+    def _switch_to_journal(self) -> None:
+        """Read rows back from the journal from now on; memory keeps only what it alone holds."""
+        self._from_journal = True
+        self._buffer = deque(item for item in self._buffer if item[1] is None)
+
+    def _journal_failed(self, exc: OSError) -> None:
+        self.journal_failures += 1
+        self.disk_error = f"{type(exc).__name__}: {exc}"
+        self._loud.error(
+            "llm_calls_journal_unwritable",
+            error=self.disk_error,
+            journal=str(self._journal.path),
+            journal_failures=self.journal_failures,
+        )
+
+    def _wake_task(self) -> None:
         self._ensure_started()
         loop, wake = self._loop, self._wake
         if loop is None or wake is None:
@@ -113,10 +173,12 @@ class RecordWriter:
             if len(self._buffer) >= self._batch_size:
                 wake.set()
         elif not loop.is_closed():
+            # From another thread: wake the task, or start it again on its loop after an idle exit.
+            loop.call_soon_threadsafe(self._ensure_started)
             loop.call_soon_threadsafe(wake.set)
 
     def start(self) -> None:
-        """Start the background task now (it runs `prepare`, then replays any spool), if a loop runs."""
+        """Start the background task now (prepare, replay earlier journals), if a loop runs."""
         self._ensure_started()
 
     def _ensure_started(self) -> None:
@@ -133,18 +195,27 @@ class RecordWriter:
 
     @property
     def pending(self) -> int:
-        return len(self._buffer)
+        """Rows not yet in the database: in memory, or in the journal after the checkpoint."""
+        unread = self._journal.end - self._journal.checkpoint if self._from_journal else 0
+        return len(self._buffer) + int(unread > 0)
 
     @property
     def busy(self) -> bool:
         """A batch is being written right now."""
-        return self._busy
+        return self._sink.busy
 
     @property
     def database_available(self) -> bool:
-        return self._db_down_since is None
+        return self._sink.down_since is None
 
-    # -- the worker ------------------------------------------------------------------------------
+    @property
+    def degraded(self) -> str | None:
+        """Why this writer cannot keep its promise right now (None when all is well)."""
+        if self.disk_error is not None:
+            return f"journal unwritable: {self.disk_error}"
+        return None
+
+    # -- the task ------------------------------------------------------------------------------
 
     async def _run(self) -> None:
         assert self._wake is not None
@@ -152,198 +223,141 @@ class RecordWriter:
             prepare, self._prepare = self._prepare, None
             try:
                 await prepare()
-            except Exception as exc:  # rows still flow: they wait in the spool if writes fail
-                log.error("llm_calls_prepare_failed", error=repr(exc))
-        await self._replay_spool()
+            except Exception as exc:  # rows still flow: they wait in the journal if writes fail
+                log.error(
+                    "llm_calls_prepare_failed", error=str(exc).splitlines()[0] if str(exc) else repr(exc)
+                )
+        await self._orphans.run(self._sink.write)
         idle_since = time.monotonic()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._flush_interval_s)
             self._wake.clear()
-            if self._buffer:
+            down = self._sink.down_since is not None
+            if down and time.monotonic() - self._last_probe < self._probe_interval_s and not self._closing:
+                continue
+            if self._buffer or self._from_journal:
                 idle_since = time.monotonic()
             await self._drain()
-            if self._db_down_since is None and time.monotonic() - idle_since > self._idle_exit_s:
-                return  # nothing to do: stop waking up; the next submit() starts a new task
-            if (
-                self._db_down_since is not None
-                and time.monotonic() - self._last_probe >= self._probe_interval_s
-            ):
-                await self._replay_spool()
-            if self._closing and not self._buffer:
+            if self._orphans.pending:
+                await self._orphans.run(self._sink.write)
+            if self._closing and (self._sink.down_since is not None or not self._has_work()):
                 return
+            if not self._has_work() and time.monotonic() - idle_since > self._idle_exit_s:
+                return  # nothing to do: stop waking up; the next submit() starts a new task
+
+    def _has_work(self) -> bool:
+        return bool(self._buffer or self._from_journal or self._orphans.pending)
 
     async def _drain(self) -> None:
-        while self._buffer:
-            batch = [self._buffer.popleft() for _ in range(min(self._batch_size, len(self._buffer)))]
-            self._busy = True
-            self._inflight = batch  # spooled by spool_pending() if this task is cancelled mid-write
-            try:
-                await self._write(batch)
-            except asyncio.CancelledError:
-                self.spool_pending()
-                raise
-            finally:
-                self._inflight = []
-                self._busy = False
-
-    async def _write(self, batch: list[CallRecord]) -> None:
-        from course_llm.db import insert_records, is_transient_db_error
-
-        if self._db_down_since is not None:
-            self._spool(batch)  # do not hammer a dead database; the probe replays the spool
-            return
-        try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(self._retry_attempts),
-                wait=wait_exponential(multiplier=0.05, max=1.0),
-                retry=retry_if_exception(is_transient_db_error),
-                reraise=True,
-            ):
-                with attempt:
-                    await asyncio.wait_for(
-                        insert_records(self._session_factory, batch), self._write_timeout_s
-                    )
-            self.rows_written += len(batch)
-        except Exception as exc:
-            self.write_failures += 1
-            if is_transient_db_error(exc):
-                self._db_down_since = time.monotonic()
-                self._last_probe = time.monotonic()
-                log.error(
-                    "llm_calls_database_unavailable",
-                    error=repr(exc),
-                    rows=len(batch),
-                    spool=str(self.spool_path),
-                )
-                self._spool(batch)
-            else:
-                await self._write_one_by_one(batch, exc)
-
-    async def _write_one_by_one(self, batch: Sequence[CallRecord], error: Exception) -> None:
-        """A batch the database refused: keep the good rows, set the bad ones aside with the reason."""
-        from course_llm.db import insert_records
-
-        log.error("llm_calls_batch_rejected", error=repr(error), rows=len(batch))
-        for record in batch:
-            try:
-                await asyncio.wait_for(insert_records(self._session_factory, [record]), self._write_timeout_s)
-                self.rows_written += 1
-            except Exception as exc:
-                self.rows_rejected += 1
-                log.error("llm_call_row_rejected", error=repr(exc), row_id=str(record.id))
-                self._append(self._rejected_path, [record], reason=repr(exc))
-
-    # -- the spool -------------------------------------------------------------------------------
-
-    @property
-    def _rejected_path(self) -> Path:
-        return self.spool_path.with_name(self.spool_path.name + ".rejected.jsonl")
-
-    def _spool(self, records: Sequence[CallRecord]) -> None:
-        if self._append(self.spool_path, records):
-            self.rows_spooled += len(records)
-
-    def _append(self, path: Path, records: Sequence[CallRecord], reason: str | None = None) -> bool:
-        lines = []
-        for record in records:
-            data = record.to_json()
-            if reason:
-                data["_rejected_because"] = reason
-            lines.append(json.dumps(data, default=str) + "\n")
-        try:
-            with self._spill_lock, _locked(path) as handle:
-                handle.write("".join(lines))
-            return True
-        except OSError as exc:
-            self.rows_lost += len(records)
-            log.critical("llm_call_rows_lost", error=repr(exc), rows=len(records), path=str(path))
-            return False
-
-    async def _replay_spool(self) -> None:
-        """Insert spooled rows (this writer's and any earlier process's) once the database answers."""
-        from course_llm.db import insert_records, is_transient_db_error
-
+        """Write what waits, in order, until done or the database is found down."""
         self._last_probe = time.monotonic()
-        for part in _claim_spool(self.spool_path):
-            try:
-                records = list(self._read_part(part))
-            except FileNotFoundError:
-                continue  # another writer sharing this spool replayed it first
-            for chunk in _chunks(records, self._batch_size):
-                try:
-                    await asyncio.wait_for(
-                        insert_records(self._session_factory, chunk), self._write_timeout_s
-                    )
-                    self.rows_replayed += len(chunk)
-                except Exception as exc:
-                    if not is_transient_db_error(exc):
-                        await self._write_one_by_one(chunk, exc)
-                        continue
-                    # Still down: keep the claimed part (replays are idempotent) for the next probe.
-                    if self._db_down_since is None:
-                        self._db_down_since = time.monotonic()
-                    log.warning("llm_calls_spool_replay_failed", error=repr(exc), part=str(part))
+        while True:
+            if self._from_journal:
+                start = self._journal.checkpoint
+                lines, after = self._journal.read(start)
+                if not lines:
+                    with self._lock:
+                        caught_up = after >= self._journal.end
+                        if caught_up:
+                            self._from_journal = False  # back to memory mode
+                    self._commit(after, final=True)
+                    if not caught_up and after == start:
+                        return  # nothing whole to read yet
+                    continue
+                self.rows_spooled += len(lines)
+                if not await self._sink.write(self._rejects.parse(lines, self._journal.path)):
                     return
-            part.unlink(missing_ok=True)
-            log.info("llm_calls_spool_replayed", part=str(part))
-        if self._db_down_since is not None:
-            log.info("llm_calls_database_back", down_s=round(time.monotonic() - self._db_down_since, 1))
-        self._db_down_since = None
-
-    def _read_part(self, part: Path) -> Iterator[CallRecord]:
-        """The part's rows; a damaged line (a crash mid-write, a full disk) is set aside, not fatal."""
-        for line, record in _parse_lines(part):
-            if record is not None:
-                yield record
+                self._commit(after, final=False)
                 continue
-            self.rows_rejected += 1
-            log.error("llm_calls_spool_line_damaged", part=str(part), line=line[:200])
-            with self._spill_lock, _locked(self._rejected_path) as handle:
-                handle.write(line if line.endswith("\n") else line + "\n")
+            if not self._buffer:
+                return
+            size = min(self._batch_size, len(self._buffer))
+            batch = [self._buffer.popleft() for _ in range(size)]
+            if not await self._sink.write([record for record, _ in batch]):
+                with self._lock:  # rows only memory holds go back first in line
+                    self._buffer.extendleft(reversed([item for item in batch if item[1] is None]))
+                    self._switch_to_journal()
+                return
+            offsets = [offset for _, offset in batch if offset is not None]
+            if offsets:
+                self._commit(max(offsets), final=not self._buffer)
+
+    def _commit(self, offset: int, *, final: bool) -> None:
+        try:
+            if offset > self._journal.checkpoint or final:
+                self._journal.commit(max(offset, self._journal.checkpoint), compact_above=self._compact_above)
+        except OSError as exc:  # a stale checkpoint only means a longer, idempotent replay
+            self._loud.error("llm_calls_checkpoint_failed", error=repr(exc))
 
     # -- flushing and closing --------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Return once every row submitted so far is in the database or in the spool file."""
+        """Return once every row submitted so far is in the database, or waits in the journal for a
+        database that is down."""
         self._ensure_started()
-        while self._buffer or self._busy:
+        while self._buffer or self._sink.busy or self._from_journal or self._orphans.pending:
+            if self._sink.down_since is not None and not self._sink.busy:
+                return  # the rows are safe in the journal; the probe writes them later
             if self._wake is not None:
                 self._wake.set()
             if self._task is None or self._task.done():
-                await self._drain()  # no worker on this loop (e.g. rows submitted from a thread)
-                break
+                await self._drain()  # no task on this loop (e.g. rows submitted from a thread)
+                return
             await asyncio.sleep(0.002)
 
     async def aclose(self) -> None:
-        """Flush, try once more to replay the spool, and stop the worker."""
-        await self.flush()
-        if self._db_down_since is not None or self.spool_path.exists():
-            await self._replay_spool()
+        """Write what can be written, stop the task, close the journal (kept when rows wait in it)."""
+        if self._sink.down_since is not None:
+            self._last_probe = 0.0  # one more try now
+        self._ensure_started()
         self._closing = True
-        if self._task is not None and self._wake is not None:
+        if self._wake is not None:
             self._wake.set()
+        if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._task = None
-        if self.spool_path.exists() or any(self.spool_path.parent.glob(self.spool_path.name + ".*.replay")):
-            log.warning("llm_calls_left_in_spool", spool=str(self.spool_path), replayed_at_next_start=True)
+        self.close_journal()
+        if self.spooled():
+            log.warning(
+                "llm_calls_left_in_journal", journal=str(self.spool_path), replayed_at_next_start=True
+            )
 
-    def spool_pending(self) -> int:
-        """Move every row still in memory to the spool file, synchronously. Returns how many."""
-        leftovers, self._inflight = list(self._inflight), []
-        while self._buffer:
-            leftovers.append(self._buffer.popleft())
-        if leftovers:
-            self._spool(leftovers)
-            log.warning("llm_calls_spooled_at_exit", rows=len(leftovers), spool=str(self.spool_path))
-        return len(leftovers)
+    def close_journal(self) -> None:
+        """Close this writer's segment; rows that never reached it are journaled now if possible."""
+        with self._lock:
+            unjournaled = [record for record, offset in self._buffer if offset is None]
+        for record in unjournaled:
+            with contextlib.suppress(OSError):
+                self._journal.append(encode(record))
+        self._orphans.release()
+        self._journal.close(all_written=not self._buffer and not self._from_journal)
 
     def spooled(self) -> list[CallRecord]:
-        """Rows waiting on disk for the database (the live spool and claimed replay parts)."""
-        parts = sorted(self.spool_path.parent.glob(self.spool_path.name + ".*.replay"))
-        live = [self.spool_path] if self.spool_path.exists() else []
-        return [record for part in [*parts, *live] for _, record in _parse_lines(part) if record is not None]
+        """Rows waiting on disk for the database: after each journal file's checkpoint."""
+        return waiting_rows(self.spool_path)
+
+    @property
+    def rows_replayed(self) -> int:
+        """Rows of earlier processes' journals written to the database."""
+        return self._orphans.rows_replayed
+
+    @property
+    def rows_written(self) -> int:
+        return self._sink.rows_written
+
+    @property
+    def write_failures(self) -> int:
+        return self._sink.write_failures
+
+    @property
+    def rows_rejected(self) -> int:
+        return self._rejects.rejected
+
+    @property
+    def rows_lost(self) -> int:
+        return self._rows_lost + self._rejects.lost
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -354,51 +368,7 @@ class RecordWriter:
             "rows_rejected": self.rows_rejected,
             "rows_lost": self.rows_lost,
             "write_failures": self.write_failures,
+            "journal_failures": self.journal_failures,
             "database_available": self.database_available,
+            "degraded": self.degraded,
         }
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[Any]:
-    """Append to `path` under an exclusive flock, so several processes can share one spool."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        with path.open("a", encoding="utf-8") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                # A replayer may have renamed the file while we waited for the lock: write to
-                # the live path, never into a part that is being replayed.
-                if not path.exists() or os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino:
-                    continue
-                yield handle
-                handle.flush()
-                os.fsync(handle.fileno())
-                return
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _claim_spool(spool: Path) -> list[Path]:
-    """Atomically move the live spool aside (appenders start a new one) and list parts to replay."""
-    if spool.exists():
-        with _locked(spool):
-            claimed = spool.with_name(f"{spool.name}.{uuid.uuid4().hex}.replay")
-            spool.rename(claimed)
-    return sorted(spool.parent.glob(spool.name + ".*.replay"))
-
-
-def _parse_lines(path: Path) -> Iterator[tuple[str, CallRecord | None]]:
-    """Each non-blank line with its record, or None when the line is damaged."""
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                yield line, CallRecord.from_json(json.loads(line))
-            except (ValueError, TypeError, KeyError):
-                yield line, None
-
-
-def _chunks(records: list[CallRecord], size: int) -> Iterator[list[CallRecord]]:
-    for start in range(0, len(records), size):
-        yield records[start : start + size]
