@@ -18,10 +18,17 @@ Pointing LiteLLM at it: ``openai/<m>`` with ``api_base=up.base_url`` (``.../v1``
 with ``api_base=up.anthropic_base_url`` (the root: LiteLLM appends ``/v1/messages``); ``gemini/<m>``
 with ``api_base=up.gemini_base_url`` (``.../v1beta``: LiteLLM appends ``/models/<m>:generateContent``).
 
-Control API: ``POST /_control/behaviour`` ``{"model", "statuses", "delay_ms", "reply", "json_reply"}``
-(the statuses are answered in order, the last one repeats; model ``"*"`` is the fallback for models
-with no behaviour of their own), ``POST /_control/reset``, ``GET /_control/requests[?model=m]``.
+Control API: ``POST /_control/behaviour`` ``{"model", "statuses", "delay_ms", "reply", "json_reply",
+"stream_fault", "fault_after", "chunk_delay_ms"}`` (the statuses are answered in order, the last one
+repeats; model ``"*"`` is the fallback for models with no behaviour of their own),
+``POST /_control/reset``, ``GET /_control/requests[?model=m]``.
 A model whose name contains ``fail-<code>`` always answers that status, with no setup.
+
+Stream faults (any provider's streamed answer), after ``fault_after`` events of the stream:
+``"cut"`` drops the connection mid-body (the client sees an incomplete chunked body, as when an
+upstream dies); ``"no_finish"`` ends the body cleanly but sends no finish reason, no usage and no
+``[DONE]`` (a truncated upstream stream). ``chunk_delay_ms`` waits before each streamed event, so a
+client has time to hang up in the middle.
 Token counts are estimates: ``max(1, characters // 4)`` of the prompt texts and of the reply.
 """
 
@@ -30,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import re
 import socket
 import threading
@@ -76,12 +84,38 @@ def _pieces(text: str) -> list[str]:
     return re.findall(r"\S+\s*|\s+", text) or [""]
 
 
+STREAM_FAULTS = ("cut", "no_finish")
+
+
+class StreamCut(Exception):
+    """Raised inside a streamed body to make the server drop the connection mid-response."""
+
+
+class _QuietCuts(logging.Filter):
+    """uvicorn logs every body that raises as an application error; a planned cut is not one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], StreamCut))
+
+
 @dataclass
 class Behaviour:
     statuses: list[int] = field(default_factory=lambda: [200])
     delay_ms: float = 0
     reply: str | None = None
     json_reply: str | None = None
+    stream_fault: str | None = None
+    fault_after: int = 2
+    chunk_delay_ms: float = 0
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """How a streamed answer misbehaves: `Behaviour`'s stream fields, for the SSE writer."""
+
+    fault: str | None = None
+    after: int = 2
+    chunk_delay_ms: float = 0
 
 
 class FakeState:
@@ -99,11 +133,18 @@ class FakeState:
         entry = {"provider": provider, "model": model, "path": request.url.path, "status": status}
         self.requests.append(entry | {"stream": stream, "auth": auth, "body": body, "time": time.time()})
 
+    def behaviour(self, model: str) -> Behaviour:
+        return self.behaviours.get(model) or self.behaviours.get("*") or Behaviour()
+
+    def stream_plan(self, model: str) -> StreamPlan:
+        behaviour = self.behaviour(model)
+        return StreamPlan(behaviour.stream_fault, behaviour.fault_after, behaviour.chunk_delay_ms)
+
     async def answer(
         self, request: Request, provider: str, model: str, body: dict[str, Any], wants_json: bool
     ) -> tuple[int, str, bool]:
         """(status, reply text, whether the reply is the configured JSON) for this request, recorded."""
-        behaviour = self.behaviours.get(model) or self.behaviours.get("*") or Behaviour()
+        behaviour = self.behaviour(model)
         if match := FAIL_IN_NAME.search(model):
             status = int(match.group(1))
         else:
@@ -130,9 +171,18 @@ def _error(provider: str, status: int, model: str) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-def _sse(events: Iterable[str]) -> StreamingResponse:
+def _sse(events: Iterable[str], plan: StreamPlan | None = None) -> StreamingResponse:
+    """The events as a text/event-stream body, misbehaving as `plan` says ("no_finish" is applied
+    by each provider's writer, which knows which events carry the finish reason)."""
+    plan = plan or StreamPlan()
+
     async def gen() -> AsyncIterator[str]:
-        for event in events:
+        for sent, event in enumerate(events):
+            if plan.fault == "cut" and sent >= plan.after:
+                # uvicorn closes the connection when the body raises after the headers went out.
+                raise StreamCut(f"fake upstream cut the stream after {sent} events")
+            if plan.chunk_delay_ms:
+                await asyncio.sleep(plan.chunk_delay_ms / 1000)
             yield event
 
     return StreamingResponse(gen(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
@@ -176,11 +226,15 @@ async def openai_chat(request: Request) -> Response:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return {**head, "choices": [choice], **tail}
 
+    plan = _state(request).stream_plan(model)
     chunks = [chunk({"role": "assistant", "content": ""})]
-    chunks += [chunk({"content": piece}) for piece in _pieces(reply)] + [chunk({}, "stop")]
+    chunks += [chunk({"content": piece}) for piece in _pieces(reply)]
+    if plan.fault == "no_finish":
+        return _sse([f"data: {json.dumps(c)}\n\n" for c in chunks[: plan.after]], plan)
+    chunks.append(chunk({}, "stop"))
     if include_usage:
         chunks.append({**head, "choices": [], "usage": usage})
-    return _sse([f"data: {json.dumps(c)}\n\n" for c in chunks] + ["data: [DONE]\n\n"])
+    return _sse([f"data: {json.dumps(c)}\n\n" for c in chunks] + ["data: [DONE]\n\n"], plan)
 
 
 async def anthropic_messages(request: Request) -> Response:
@@ -219,11 +273,15 @@ async def anthropic_messages(request: Request) -> Response:
     events: list[dict[str, Any]] = [{"type": "message_start", "message": message}]
     events.append({"type": "content_block_start", "index": 0, "content_block": start})
     events += [{"type": "content_block_delta", "index": 0, "delta": delta} for delta in deltas]
-    events.append({"type": "content_block_stop", "index": 0})
-    end = {"delta": {"stop_reason": stop_reason, "stop_sequence": None}}
-    events.append({"type": "message_delta", **end, "usage": {"output_tokens": usage["output_tokens"]}})
-    events.append({"type": "message_stop"})
-    return _sse(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events)
+    plan = _state(request).stream_plan(model)
+    if plan.fault == "no_finish":
+        events = events[: plan.after]
+    else:
+        events.append({"type": "content_block_stop", "index": 0})
+        end = {"delta": {"stop_reason": stop_reason, "stop_sequence": None}}
+        events.append({"type": "message_delta", **end, "usage": {"output_tokens": usage["output_tokens"]}})
+        events.append({"type": "message_stop"})
+    return _sse((f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events), plan)
 
 
 async def gemini_generate(request: Request) -> Response:
@@ -253,8 +311,12 @@ async def gemini_generate(request: Request) -> Response:
 
     if not stream:
         return JSONResponse(response(reply, last=True))
+    plan = _state(request).stream_plan(model)
     pieces = _pieces(reply)
-    return _sse(f"data: {json.dumps(response(p, i == len(pieces) - 1))}\n\n" for i, p in enumerate(pieces))
+    events = [response(p, i == len(pieces) - 1) for i, p in enumerate(pieces)]
+    if plan.fault == "no_finish":
+        events = [response(p, last=False) for p in pieces][: plan.after]
+    return _sse((f"data: {json.dumps(e)}\n\n" for e in events), plan)
 
 
 async def control_behaviour(request: Request) -> Response:
@@ -264,8 +326,14 @@ async def control_behaviour(request: Request) -> Response:
     json_reply = body.get("json_reply")
     if json_reply is not None and not isinstance(json_reply, str):
         json_reply = json.dumps(json_reply)
+    fault = body.get("stream_fault")
+    if fault is not None and fault not in STREAM_FAULTS:
+        return JSONResponse({"error": f"stream_fault must be one of {STREAM_FAULTS}"}, status_code=400)
     statuses = [int(s) for s in body.get("statuses") or [200]]
     behaviour = Behaviour(statuses, float(body.get("delay_ms") or 0), body.get("reply"), json_reply)
+    behaviour.stream_fault = fault
+    behaviour.fault_after = int(body.get("fault_after", 2))
+    behaviour.chunk_delay_ms = float(body.get("chunk_delay_ms") or 0)
     _state(request).behaviours[body["model"]] = behaviour
     return JSONResponse({"ok": True})
 
@@ -318,6 +386,9 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def _server() -> uvicorn.Server:
+    error_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _QuietCuts) for f in error_log.filters):
+        error_log.addFilter(_QuietCuts())
     config = uvicorn.Config(create_app(), log_level="warning", access_log=False, lifespan="off")
     config.timeout_graceful_shutdown = 2
     return uvicorn.Server(config)
@@ -399,12 +470,19 @@ class FakeUpstream:
         delay_ms: float = 0,
         reply: str | None = None,
         json_reply: Any = None,
+        *,
+        stream_fault: str | None = None,
+        fault_after: int = 2,
+        chunk_delay_ms: float = 0,
     ) -> None:
         """The next requests for ``model`` (``"*"``: any model without its own) answer ``statuses`` in
         order, the last one repeating, each after ``delay_ms``; ``reply`` is the text of a success,
-        ``json_reply`` (a str or JSON-able value) the text when the request asks for JSON output."""
+        ``json_reply`` (a str or JSON-able value) the text when the request asks for JSON output.
+        A streamed success misbehaves as ``stream_fault`` says ("cut" or "no_finish", after
+        ``fault_after`` events) and waits ``chunk_delay_ms`` before each event."""
         payload = {"model": model, "statuses": list(statuses), "delay_ms": delay_ms, "reply": reply}
-        payload["json_reply"] = json_reply
+        payload |= {"json_reply": json_reply, "stream_fault": stream_fault, "fault_after": fault_after}
+        payload["chunk_delay_ms"] = chunk_delay_ms
         self._control().post("/_control/behaviour", json=payload).raise_for_status()
 
     def reset(self) -> None:

@@ -1,4 +1,6 @@
-"""The callback's pure half (LiteLLM payload → CallRecord) and the logger's never-raise promise.
+"""The callback's pure half (LiteLLM payload → CallRecord, rows.py) and the logger's promises:
+never raise into LiteLLM, and one row per attempt even though LiteLLM reports a success twice
+(on the request path, then from its background worker).
 
 Payloads are shaped like the ones LiteLLM 1.106.2 hands to the hooks (captured from real calls,
 SDK Router and proxy), trimmed to what the mapping reads.
@@ -12,8 +14,17 @@ from typing import Any
 
 import pytest
 
-from course_llm.recording.callback import CallLogger, record_from_failure, record_from_success, split_group
+from course_llm.recording.callback import CallLogger
 from course_llm.recording.records import CallRecord, redact
+from course_llm.recording.rows import (
+    StreamEnd,
+    StreamOutcome,
+    record_from_deployment_success,
+    record_from_failure,
+    record_from_stream,
+    record_from_success,
+    split_group,
+)
 
 MODEL_INFO = {
     "id": "course_structuring/default/gemini-2.5-flash",
@@ -267,3 +278,158 @@ async def test_a_router_logger_ignores_other_routers_calls() -> None:
         success_kwargs(course_llm_router="router-a"), None, None, datetime.now()
     )
     assert len(sink.rows) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows written on the request path
+
+
+def deployment_kwargs(**metadata: Any) -> dict[str, Any]:
+    """The kwargs LiteLLM passes to the deployment hooks (the deployment call's own kwargs)."""
+    return {**failure_data(**metadata), "litellm_trace_id": "trace-4", "user": "student-9", "stream": False}
+
+
+def model_response(prompt_tokens: int = 1000, completion_tokens: int = 200, **hidden: Any) -> Any:
+    usage = SimpleNamespace(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+    return SimpleNamespace(usage=usage, _hidden_params={"custom_llm_provider": "gemini", **hidden})
+
+
+def test_a_deployment_success_maps_to_a_full_row_priced_from_the_registry() -> None:
+    now = datetime(2026, 11, 22, 10, 0, 2, tzinfo=UTC)
+    record = record_from_deployment_success(
+        deployment_kwargs(tenant_id="acme", tags={"course": "bio"}),
+        model_response(response_cost=0.5),
+        source="proxy",
+        now=now,
+    )
+    started = datetime(2026, 11, 22, 10, 0, 0).astimezone().astimezone(UTC)
+    assert (record.request_id, record.success, record.source, record.stream) == (
+        "trace-4",
+        True,
+        "proxy",
+        False,
+    )
+    assert (record.action, record.strategy, record.served_strategy) == (
+        "course_structuring",
+        "default",
+        "default",
+    )
+    assert (record.provider, record.model_id) == ("gemini", "gemini-2.5-flash")
+    assert (record.tokens_in, record.tokens_out) == (1000, 200)
+    assert record.cost_usd == pytest.approx(1000 * 0.0003 / 1000 + 200 * 0.0025 / 1000)  # not 0.5
+    assert record.created_at == started and record.latency_ms == pytest.approx(2000)
+    assert (record.tenant_id, record.end_user) == ("acme", "student-9")
+    assert record.metadata == {"tags": {"course": "bio"}}
+    assert (record.status_code, record.error_class, record.error_message) == (None, None, None)
+
+
+def test_a_deployment_success_without_registry_prices_keeps_litellms_cost() -> None:
+    kwargs = {**deployment_kwargs(), "model_info": {"id": "course_structuring/default/gemini-2.5-flash"}}
+    record = record_from_deployment_success(kwargs, model_response(response_cost=0.5), source="sdk")
+    assert (record.model_id, record.cost_usd) == ("gemini-2.5-flash", 0.5)
+
+
+def stream_end(outcome: StreamOutcome, **fields: Any) -> StreamEnd:
+    return StreamEnd(
+        outcome=outcome,
+        model_info=MODEL_INFO,
+        started=datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC),
+        tokens_in=fields.pop("tokens_in", 100),
+        tokens_out=fields.pop("tokens_out", 20),
+        **fields,
+    )
+
+
+@pytest.mark.parametrize(
+    ("end", "expected"),
+    [
+        (stream_end("complete"), (True, None, None, {})),
+        (stream_end("complete", estimated=True), (True, None, None, {"usage_estimated": True})),
+        (
+            stream_end("incomplete", estimated=True),
+            (False, None, "IncompleteStream", {"stream_incomplete": True, "usage_estimated": True}),
+        ),
+        (
+            stream_end("disconnected", estimated=True),
+            (False, None, "ClientDisconnected", {"client_disconnected": True, "usage_estimated": True}),
+        ),
+        (stream_end("failed", error=Boom("cut")), (False, 503, "Boom", {})),
+        (
+            stream_end(
+                "failed", error=Boom("gone"), error_class="VertexAIError", tokens_in=None, tokens_out=None
+            ),
+            (False, 503, "VertexAIError", {}),
+        ),
+    ],
+    ids=["complete", "estimated", "incomplete", "disconnected", "failed", "failed-noted"],
+)
+def test_a_stream_row_says_how_the_stream_ended(end: StreamEnd, expected: tuple[Any, ...]) -> None:
+    now = datetime(2026, 11, 22, 10, 0, 3, tzinfo=UTC)
+    record = record_from_stream({**deployment_kwargs(), "stream": True}, end, source="proxy", now=now)
+    assert (record.success, record.status_code, record.error_class, record.metadata) == expected
+    assert (record.stream, record.model_id, record.provider) == (True, "gemini-2.5-flash", "gemini")
+    assert record.latency_ms == pytest.approx(3000)
+    # Billed for what was received, whatever the outcome.
+    billed = None if end.tokens_in is None else (100 * 0.0003 + 20 * 0.0025) / 1000
+    assert record.cost_usd == (pytest.approx(billed) if billed is not None else None)
+
+
+def test_a_stream_row_takes_the_serving_deployment_not_the_requests_first_one() -> None:
+    served = {
+        **MODEL_INFO,
+        "id": "course_structuring/default/deepseek-chat",
+        "course_llm_provider": "deepseek",
+    }
+    end = StreamEnd("complete", served, tokens_in=1, tokens_out=1)
+    record = record_from_stream(deployment_kwargs(), end, source="proxy")  # its model_info: gemini
+    assert (record.model_id, record.provider) == ("deepseek-chat", "deepseek")
+
+
+async def test_a_success_recorded_on_the_path_is_not_recorded_again_by_the_background_event() -> None:
+    sink = Sink()
+    logger = CallLogger(sink, source="sdk")
+    data = deployment_kwargs()
+    # Typed `-> None`: LiteLLM keeps its response (a hook's non-None result would replace it).
+    await logger.async_post_call_success_deployment_hook(data, model_response(), "acompletion")
+    background = success_kwargs()
+    background["litellm_trace_id"] = background["standard_logging_object"]["trace_id"] = "trace-4"
+    await logger.async_log_success_event(background, None, None, datetime.now())
+    await logger.async_log_failure_event(
+        {**background, "exception": Boom("late")}, None, datetime.now(), datetime.now()
+    )
+    assert [(r.request_id, r.attempt, r.success) for r in sink.rows] == [("trace-4", 1, True)]
+
+
+async def test_the_background_success_event_still_records_calls_no_path_hook_saw() -> None:
+    sink = Sink()
+    logger = CallLogger(sink, source="sdk")
+    # Another endpoint (embeddings) and a streamed call pass the path hook unrecorded …
+    await logger.async_post_call_success_deployment_hook(deployment_kwargs(), model_response(), "aembedding")
+    stream = {**deployment_kwargs(), "stream": True}
+    await logger.async_post_call_success_deployment_hook(stream, model_response(), "acompletion")
+    assert sink.rows == []
+    # … so LiteLLM's later event (a cache hit, say) is their row.
+    await logger.async_log_success_event(success_kwargs(), None, None, datetime.now())
+    assert [(r.request_id, r.success) for r in sink.rows] == [("trace-1", True)]
+
+
+async def test_a_claimed_request_gets_no_row_from_litellms_late_events() -> None:
+    sink = Sink()
+    logger = CallLogger(sink, source="proxy")
+    logger.claim("trace-1")
+    await logger.async_log_success_event(success_kwargs(), None, None, datetime.now())
+    kwargs = {
+        "litellm_params": {"metadata": failure_data()["metadata"], "model_info": MODEL_INFO},
+        "litellm_trace_id": "trace-1",
+        "exception": Boom("the stream broke"),
+    }
+    await logger.async_log_failure_event(kwargs, None, datetime.now(), datetime.now())
+    assert sink.rows == []
+
+
+@pytest.mark.parametrize("payload", GARBAGE)
+async def test_a_bad_payload_never_raises_from_the_path_success_hook(payload: Any) -> None:
+    sink = Sink()
+    logger = CallLogger(sink, source="proxy")
+    await logger.async_post_call_success_deployment_hook(payload, object(), "acompletion")
+    assert sink.rows == []

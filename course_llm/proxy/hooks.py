@@ -5,8 +5,9 @@ attempt, it
 - rejects an unknown action or strategy with HTTP 400 naming the valid ones, before routing;
 - gives each request a time-ordered request id (`litellm_trace_id`) and returns it in the
   `x-course-llm-request-id` response header, so a caller can find its rows;
-- asks the upstream for usage on streamed calls (`stream_options.include_usage`), and hides the
-  extra usage chunk from clients that did not ask for it;
+- asks the upstream for usage on streamed calls (`stream_options.include_usage`), hides the
+  extra usage chunk from clients that did not ask for it, and records each streamed attempt
+  before the stream ends (course_llm/proxy/streams.py);
 - flushes pending rows when the proxy shuts down (SIGTERM included), in `course-llm serve` and in
   plain `litellm --config proxy_config.yaml` alike.
 """
@@ -23,6 +24,7 @@ from fastapi import HTTPException
 
 from course_llm._litellm import flush_logging_worker
 from course_llm.errors import AllModelsFailedError, UnknownActionError
+from course_llm.proxy.streams import StreamAttempts, StreamWatch, recorded_stream
 from course_llm.recording.callback import (
     REQUEST_ID_KEY,
     TAGS_KEY,
@@ -31,14 +33,15 @@ from course_llm.recording.callback import (
     remember,
     split_group,
 )
-from course_llm.recording.records import CallRecord, new_id
+from course_llm.recording.records import CallRecord, new_id, status_code_of
+from course_llm.recording.rows import StreamEnd, metadata_of
 from course_llm.recording.writer import RecordWriter
 from course_llm.settings import Settings
 
 log = structlog.get_logger()
 
 REQUEST_ID_HEADER = "x-course-llm-request-id"
-#: Requests remembered at once for the all-failed message and the estimated-usage mark.
+#: Requests remembered at once for the all-failed message.
 _MAX_TRACKED = 10_000
 #: Router bookkeeping a client could send to rewrite which action/strategy a row records.
 _ROUTER_KEYS = frozenset({"original_model_group", "model_group"})
@@ -70,8 +73,8 @@ class ProxyLogger(CallLogger):
         self._observers: list[Callable[[CallRecord], None]] = []
         # Failed attempts per request (bounded), to tell a client every attempt when all failed.
         self._failures: OrderedDict[str, list[CallRecord]] = OrderedDict()
-        # Streamed requests whose upstream sent no usage: their token counts are LiteLLM's own.
-        self._estimated: OrderedDict[str, None] = OrderedDict()
+        # The attempts of streamed requests that LiteLLM's hooks do not report (see streams.py).
+        self._streams = StreamAttempts(self._emit, self.claim, source="proxy", max_tracked=_MAX_TRACKED)
 
     # -- rows ----------------------------------------------------------------------------------
 
@@ -90,8 +93,12 @@ class ProxyLogger(CallLogger):
 
             url = self.settings.database_url
             self._writer = RecordWriter(
-                self.session_factory,
-                spool_path=self.settings.spool_path,
+                None,
+                # Built in the writer's task: a bad or unsupported URL is an outage that is logged
+                # while rows wait in the journal, never an exception on a request's path.
+                connect=lambda: self.session_factory,
+                spool_path=self.settings.journal_path,
+                fsync=self.settings.journal_fsync,
                 max_queue=self.settings.log_queue_size,
                 # Plain `litellm --config` never ran `course-llm db upgrade`: migrate first.
                 prepare=lambda: upgrade_database_async(url),
@@ -103,9 +110,6 @@ class ProxyLogger(CallLogger):
         self._observers.append(observer)
 
     def _record(self, record: CallRecord) -> None:
-        if record.success and record.stream and record.request_id in self._estimated:
-            del self._estimated[record.request_id]
-            record.metadata["usage_estimated"] = True
         self.writer.submit(record)
         if record.success:
             self._failures.pop(record.request_id, None)  # it did not all fail after all
@@ -184,6 +188,11 @@ class ProxyLogger(CallLogger):
             return None
         metadata = request_data.get("metadata")
         request_id = str(metadata.get(REQUEST_ID_KEY) or "") if isinstance(metadata, dict) else ""
+        if self._mine(metadata_of(request_data)):
+            try:  # a streamed attempt no hook reported failed last: its row first
+                self._streams.request_failed(request_data, original_exception)
+            except Exception as exc:
+                self._dropped("stream_request_failed", exc)
         attempts = self._failures.pop(request_id, None)
         if not attempts:
             return None  # rejected before any model was tried (bad key, bad body, unknown action)
@@ -191,7 +200,8 @@ class ProxyLogger(CallLogger):
         error = AllModelsFailedError(
             last.action, last.strategy, request_id, [a.as_failed_attempt() for a in attempts]
         )
-        return HTTPException(status_code=last.status_code or 502, detail=str(error))
+        status = last.status_code or status_code_of(original_exception) or 502
+        return HTTPException(status_code=status, detail=str(error))
 
     async def async_post_call_response_headers_hook(
         self,
@@ -205,25 +215,66 @@ class ProxyLogger(CallLogger):
         request_id = metadata.get(REQUEST_ID_KEY) if isinstance(metadata, dict) else None
         return {REQUEST_ID_HEADER: str(request_id)} if request_id else None
 
+    # -- streams -------------------------------------------------------------------------------
+
     async def async_post_call_streaming_iterator_hook(
         self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any]
     ) -> AsyncGenerator[Any, None]:
-        metadata = request_data.get("metadata") if isinstance(request_data, dict) else None
-        strip = isinstance(metadata, dict) and metadata.get(_STRIP_USAGE)
-        async for chunk in response:
-            if strip and getattr(chunk, "usage", None) is not None and not getattr(chunk, "choices", None):
-                continue  # the usage chunk we asked for on the client's behalf
+        metadata = metadata_of(request_data)
+        strip = bool(metadata.get(_STRIP_USAGE))
+        watch = self._watch(request_data)
+        if watch is None:  # not a chat stream of ours: LiteLLM's own events record it
+            async for chunk in response:
+                if (
+                    strip
+                    and getattr(chunk, "usage", None) is not None
+                    and not getattr(chunk, "choices", None)
+                ):
+                    continue
+                yield chunk
+            return
+        async for chunk in recorded_stream(response, watch, strip_usage=strip, on_end=self._stream_ended):
             yield chunk
-        # LiteLLM's stream wrapper keeps the upstream's chunks. When none carried usage, the usage
-        # it sent (and logs) is its own count: remember that, so the row can say so. This runs
-        # before LiteLLM's logging task for the stream.
-        raw_chunks = getattr(response, "chunks", None)
-        request_id = metadata.get(REQUEST_ID_KEY) if isinstance(metadata, dict) else None
-        upstream_usage = isinstance(raw_chunks, list) and any(
-            getattr(c, "usage", None) is not None for c in raw_chunks
+
+    def _watch(self, request_data: Any) -> StreamWatch | None:
+        """Start following a stream (and claim its request); None leaves it to LiteLLM's events."""
+        try:
+            return self._streams.open(request_data) if self._mine(metadata_of(request_data)) else None
+        except Exception as exc:
+            self._dropped("stream_start", exc)
+            return None
+
+    def _stream_ended(self, watch: StreamWatch, end: StreamEnd) -> None:
+        try:
+            self._streams.close(watch, end)
+        except Exception as exc:
+            self._dropped("stream_end", exc)
+        if end.outcome == "failed" and watch.delivered:
+            # The client has a 200 and part of the answer: LiteLLM ends the stream with an error
+            # frame, which an all-failed HTTPException from the failure hook would turn into a
+            # dropped connection.
+            self._failures.pop(watch.request_id, None)
+
+    async def async_pre_call_deployment_hook(self, kwargs: dict[str, Any], call_type: Any) -> None:
+        """Settle the previous attempt of a streamed request before the next starts, so attempts
+        keep their order (see streams.py). Returns None: the call is never modified."""
+        try:
+            if self._mine(metadata_of(kwargs)):
+                self._streams.deployment_call(kwargs, call_type)
+        except Exception as exc:
+            self._dropped("stream_deployment_call", exc)
+        return None
+
+    async def async_post_call_failure_deployment_hook(
+        self, request_data: Any, exception: Any, call_type: Any, fallback_depth: Any = None
+    ) -> None:
+        await super().async_post_call_failure_deployment_hook(
+            request_data, exception, call_type, fallback_depth
         )
-        if request_id and isinstance(raw_chunks, list) and raw_chunks and not upstream_usage:
-            remember(self._estimated, str(request_id), None, _MAX_TRACKED)
+        try:
+            self._streams.deployment_failed(request_data)
+        except Exception as exc:
+            self._dropped("stream_deployment_failed", exc)
 
 
 def _router_groups() -> tuple[set[str], Mapping[str, str]]:
