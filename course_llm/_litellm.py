@@ -18,6 +18,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from course_llm.errors import CourseLLMError
+
 #: Statuses that skip to the next model at once (DESIGN.md, "Routing semantics").
 PERMANENT_STATUS_CODES = frozenset({400, 401, 403, 404})
 
@@ -77,8 +79,45 @@ async def flush_logging_worker() -> None:
 
 
 def add_callback(callback: Any) -> None:
+    """Install a logger in each LiteLLM list that routes events to it, and check LiteLLM took it.
+
+    `litellm.callbacks` carries the hooks on the request path; a call's set-up copies it into the
+    per-event lists (background success and failure events), under the same cap. Each LiteLLM
+    Router adds its own entries to those lists, so by the first call they may be full: adding to
+    every list now, while there is room, turns a silently missing event into an error here.
+
+    LiteLLM refuses a callback with only a log line when a list is full (100 entries) or holds an
+    equal logger already (same class and public scalar attributes); a logger missing from a list
+    records nothing for that kind of event, so either is a CourseLLMError.
+    """
     litellm = load_litellm()
-    litellm.logging_callback_manager.add_litellm_callback(callback)
+    manager = litellm.logging_callback_manager
+    adders: dict[str, Callable[[Any], None]] = {
+        "callbacks": manager.add_litellm_callback,
+        "_async_success_callback": manager.add_litellm_async_success_callback,
+        "_async_failure_callback": manager.add_litellm_async_failure_callback,
+        "success_callback": manager.add_litellm_success_callback,
+        "failure_callback": manager.add_litellm_failure_callback,
+    }
+    missing: list[str] = []
+    for name, add in adders.items():
+        if not _holds(getattr(litellm, name), callback):
+            add(callback)
+            if not _holds(getattr(litellm, name), callback):
+                missing.append(name)
+    if missing:
+        from litellm.constants import MAX_CALLBACKS
+
+        sizes = ", ".join(f"litellm.{name} holds {len(getattr(litellm, name))}" for name in missing)
+        raise CourseLLMError(
+            f"LiteLLM did not install course_llm's {type(callback).__name__}: {sizes} callbacks "
+            f"(LiteLLM takes at most {MAX_CALLBACKS}, env LITELLM_MAX_CALLBACKS), or an equal logger "
+            "already; calls would not be recorded"
+        )
+
+
+def _holds(callbacks: Any, callback: Any) -> bool:
+    return isinstance(callbacks, list) and any(existing is callback for existing in callbacks)
 
 
 def remove_callback(callback: Any) -> None:

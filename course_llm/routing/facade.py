@@ -1,9 +1,10 @@
 """The Python facade: ask for an action and a strategy, get an answer and what it cost.
 
 `create_model_router(settings, session_factory)` loads the registry, compiles it into a LiteLLM
-Router and installs a CallLogger whose rows go to a background RecordWriter (when a session
-factory is given). Routing, retries and fallbacks are LiteLLM's, configured by the compiler; this
-module turns a request into a Router call and the outcome into an LLMResponse or an error.
+Router and registers the router with the process's one SDK CallLogger (`dispatch.py`), which hands
+the rows of its calls to its background RecordWriter (when a session factory is given). Routing,
+retries and fallbacks are LiteLLM's, configured by the compiler; this module turns a request into
+a Router call and the outcome into an LLMResponse or an error.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from course_llm._litellm import add_callback, flush_logging_worker, load_litellm, remove_callback
+from course_llm._litellm import flush_logging_worker, load_litellm
 from course_llm.errors import (
     AllModelsFailedError,
+    CourseLLMError,
     StructuredOutputError,
     UnknownActionError,
     UnknownProviderError,
@@ -39,6 +41,7 @@ from course_llm.recording.callback import (
 from course_llm.recording.records import CallRecord, new_id, utcnow
 from course_llm.recording.writer import RecordWriter
 from course_llm.routing.compiler import compile_router_config, group_name, parse_deployment_id
+from course_llm.routing.dispatch import ROUTER_ID_KEY, SDK_ROUTER_TAG, router_dispatch
 from course_llm.routing.registry import DEFAULT_STRATEGY, Registry, load_registry
 from course_llm.scope import current_scope
 from course_llm.settings import Settings
@@ -105,12 +108,17 @@ class ModelRouter:
         self._fallback_strategy = fallback_strategy
         self._timeout_s = timeout_s
         self._disabled: frozenset[str] = frozenset()
-        self._tag = f"router-{uuid.uuid4().hex}"
+        self._id = f"router-{uuid.uuid4().hex}"
         self._failures: dict[str, list[CallRecord]] = {}
-        self._logger = CallLogger(self._on_record, source="sdk", router_tag=self._tag)
         self._router, self._groups = self._build_router()
         self._closed = False
-        add_callback(self._logger)
+        # One logger serves every router of the process (LiteLLM takes at most 100 callbacks).
+        self._dispatch = router_dispatch()
+        try:
+            self._dispatch.register(self._id, self._on_record)
+        except CourseLLMError:
+            self._router.discard()
+            raise
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -123,12 +131,12 @@ class ModelRouter:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Deliver every pending log row, then detach from LiteLLM. Safe to call twice."""
+        """Deliver every pending log row, then stop receiving rows. Safe to call twice."""
         if self._closed:
             return
         self._closed = True
-        await flush_logging_worker()
-        remove_callback(self._logger)
+        await flush_logging_worker()  # LiteLLM's background events of finished calls reach us first
+        self._dispatch.unregister(self._id)
         self._router.discard()
         if self._writer is not None:
             await self._writer.aclose()
@@ -141,7 +149,8 @@ class ModelRouter:
 
     @property
     def logger(self) -> CallLogger:
-        return self._logger
+        """The process's SDK logger, shared by every router."""
+        return self._dispatch.logger
 
     # -- providers -------------------------------------------------------------------------------
 
@@ -225,14 +234,15 @@ class ModelRouter:
             raise AllModelsFailedError(action, strategy, request_id, [], reason=reason)
         scope = current_scope()
         call_metadata: dict[str, Any] = {
-            ROUTER_TAG: self._tag,
+            ROUTER_TAG: SDK_ROUTER_TAG,
             "original_model_group": group_name(action, strategy),
             REQUEST_ID_KEY: request_id,
             "tenant_id": scope.tenant_id,
             "operation": scope.operation,
             "tags": litellm_tags(scope.tags),
             TAGS_KEY: dict(scope.tags),
-            EXTRA_KEY: dict(metadata or {}),
+            # The row's metadata, and the router its rows go to (taken out again by the dispatch).
+            EXTRA_KEY: {**(metadata or {}), ROUTER_ID_KEY: self._id},
         }
         if scope.end_user is not None:
             params.setdefault("user", scope.end_user)
@@ -323,7 +333,7 @@ def create_model_router(
     """
     settings = settings or Settings()
     writer = (
-        RecordWriter(session_factory, spool_path=settings.spool_path, max_queue=settings.log_queue_size)
+        RecordWriter(session_factory, spool_path=settings.journal_path, max_queue=settings.log_queue_size)
         if session_factory is not None
         else None
     )
