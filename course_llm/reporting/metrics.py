@@ -14,6 +14,16 @@ so the number of series stays bounded.
     course_llm_cost_usd_total              USD, from the registry prices
     course_llm_call_latency_seconds        histogram of attempt wall time
 
+and, read from the row writer at each scrape (`watch_writer`), how recording itself is doing:
+
+    course_llm_rows_written_total          rows inserted into llm_calls by this process
+    course_llm_rows_rejected_total         rows (or damaged journal lines) set aside in .rejected.jsonl
+    course_llm_rows_lost_total             rows that could not be kept anywhere (disk and memory full)
+    course_llm_journal_failures_total      journal appends that failed (full or read-only disk)
+    course_llm_rows_pending                rows not yet in the database
+    course_llm_database_available          1 while the database takes writes
+    course_llm_recording_healthy           1 while every row is journaled before its answer leaves
+
 Each recorder owns its `CollectorRegistry`: the global default registry would make two recorders
 (two tests, two apps in one process) collide on metric names.
 """
@@ -23,13 +33,16 @@ from __future__ import annotations
 import math
 import secrets
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from course_llm.recording.records import CallRecord
 
@@ -159,9 +172,43 @@ class MetricsRecorder:
                 dropped=self.dropped,
             )
 
+    def watch_writer(self, stats: Callable[[], Mapping[str, Any]]) -> None:
+        """Expose the row writer's own counters (`RecordWriter.stats`), read at each scrape."""
+        self.registry.register(_WriterCollector(stats))
+
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of every metric, and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _WriterCollector(Collector):
+    _COUNTERS = (
+        ("rows_written", "rows inserted into llm_calls by this process"),
+        ("rows_rejected", "rows or damaged journal lines set aside in the .rejected.jsonl file"),
+        ("rows_lost", "rows that could be kept neither in the journal, nor in memory, nor set aside"),
+        ("journal_failures", "journal appends that failed (full or read-only disk)"),
+    )
+
+    def __init__(self, stats: Callable[[], Mapping[str, Any]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        for name, help_text in self._COUNTERS:
+            yield CounterMetricFamily(f"course_llm_{name}", help_text, value=float(stats.get(name) or 0))
+        yield GaugeMetricFamily(
+            "course_llm_rows_pending", "rows not yet in the database", value=stats["pending"]
+        )
+        yield GaugeMetricFamily(
+            "course_llm_database_available",
+            "1 while the database takes writes",
+            value=int(stats["database_available"]),
+        )
+        yield GaugeMetricFamily(
+            "course_llm_recording_healthy",
+            "1 while every row is journaled before its answer leaves",
+            value=int(stats["degraded"] is None),
+        )
 
 
 def bearer_key_matches(authorization: str | None, master_key: str | None) -> bool:
