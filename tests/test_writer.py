@@ -387,3 +387,13 @@ async def test_an_unwritable_reject_file_does_not_stop_the_writer(
     await writer.aclose()
     assert await count_calls(session_factory) == 3
     assert writer.rows_lost == 1  # the damaged line could not be kept: counted, not fatal
+
+
+async def test_opening_a_router_writes_what_a_killed_process_left(
+    registry: Registry, database_url: str, session_factory: Any, spool: Path
+) -> None:
+    _killed_process(spool, database_url, 7)
+    writer = RecordWriter(session_factory, spool_path=spool)
+    async with ModelRouter(registry, writer=writer):
+        await wait_until(lambda: writer.rows_replayed == 7)  # no call made
+    assert await count_calls(session_factory) == 7

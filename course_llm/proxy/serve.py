@@ -45,6 +45,7 @@ class ServePlan:
     generated_key: bool
     mock: bool
     database: str
+    journal: str = ""
 
 
 def is_loopback(host: str) -> bool:
@@ -114,7 +115,16 @@ def prepare(settings: Settings, *, registry_path: Path | None, host: str, port: 
     atexit.register(shutil.rmtree, runtime, ignore_errors=True)
     config_path = runtime / "proxy_config.yaml"
     config_path.write_text(render_proxy_config(config, str(path)), encoding="utf-8")
-    return ServePlan(config_path, host, port, key, generated, mock, redact_url(settings.database_url))
+    return ServePlan(
+        config_path,
+        host,
+        port,
+        key,
+        generated,
+        mock,
+        redact_url(settings.database_url),
+        str(settings.journal_path),
+    )
 
 
 def build_app(plan: ServePlan) -> Any:
@@ -139,6 +149,7 @@ def banner(plan: ServePlan) -> str:
     lines = [
         f"course_llm proxy on {url}  ({'offline mock answers' if plan.mock else 'real providers'})",
         f"  database   {plan.database}",
+        f"  journal    {plan.journal}.*  (rows wait here until they are in the database)",
         f"  key        {plan.master_key}  (generated for this run; set LITELLM_MASTER_KEY to choose)"
         if plan.generated_key
         else "  key        from LITELLM_MASTER_KEY",

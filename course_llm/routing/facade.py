@@ -123,6 +123,8 @@ class ModelRouter:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        if self._writer is not None:
+            self._writer.start()  # writes what a killed process left in the journal, before any call
         return self
 
     async def __aexit__(
