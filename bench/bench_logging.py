@@ -3,8 +3,9 @@
     make bench            (or: .venv/bin/python bench/bench_logging.py [--quick])
 
 Prints three figures, each against a baseline measured in the same run:
-1. hook cost per event (µs, p50/p99): the success and failure hooks building a row and handing
-   it to the writer; baseline: an empty hook call.
+1. hook cost per event (µs, p50/p99): the success and failure hooks building a row, cleaning it
+   and appending it to the journal (the writer's submit); baseline: an empty hook call. The
+   cleaning and the journal write are also timed alone.
 2. writer throughput (rows/s) into SQLite and PostgreSQL, from submit() to flushed.
 3. facade latency with logging on versus off against a local fake upstream (p50 ratio).
 Targets on the 2-core reference machine: hook p50 < 50 µs; >= 10,000 rows/s into PostgreSQL;
@@ -33,7 +34,10 @@ import asyncpg  # type: ignore[import-untyped]
 
 from course_llm.db import count_calls, create_session_factory, dispose_session_factory, upgrade_database
 from course_llm.recording.callback import CallLogger
+from course_llm.recording.clean import clean_record
+from course_llm.recording.journal import Journal
 from course_llm.recording.records import CallRecord
+from course_llm.recording.rejects import encode
 from course_llm.recording.writer import RecordWriter
 from course_llm.routing.facade import ModelRouter
 from course_llm.routing.registry import parse_registry
@@ -53,29 +57,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def success_payload(i: int) -> dict[str, Any]:
-    return {
-        "litellm_params": {
-            "metadata": {
-                "original_model_group": "text_processing/quality",
-                "tenant_id": "acme",
-                "tags": {"c": 1},
-            },
-            "model_info": MODEL_INFO,
-        },
-        "api_call_start_time": datetime.now(),
-        "litellm_trace_id": f"trace-{i}",
-        "standard_logging_object": {
-            "trace_id": f"trace-{i}",
-            "model_group": "text_processing/default",
-            "prompt_tokens": 1200,
-            "completion_tokens": 300,
-            "metadata": {},
-        },
-    }
-
-
-def failure_payload(i: int) -> dict[str, Any]:
+def attempt_request_data(i: int) -> dict[str, Any]:
     return {
         "model": "openai/bench-model",
         "metadata": {
@@ -108,14 +90,21 @@ async def bench_hooks(n: int) -> None:
         async def empty(**_: Any) -> None:
             return None
 
+        response = SimpleNamespace(
+            usage=SimpleNamespace(prompt_tokens=1200, completion_tokens=300),
+            _hidden_params={"custom_llm_provider": "openai"},
+        )
+
         async def success(i: int) -> None:
-            await logger.async_log_success_event(
-                kwargs=success_payload(i), response_obj=None, start_time=None, end_time=datetime.now()
+            # The success hook LiteLLM awaits on the request path (the background success event
+            # only records what no path hook saw).
+            await logger.async_post_call_success_deployment_hook(
+                request_data=attempt_request_data(i), response=response, call_type="acompletion"
             )
 
         async def failure(i: int) -> None:
             await logger.async_post_call_failure_deployment_hook(
-                request_data=failure_payload(i),
+                request_data=attempt_request_data(i),
                 exception=Upstream503("upstream 503"),
                 call_type="acompletion",
             )
@@ -123,15 +112,29 @@ async def bench_hooks(n: int) -> None:
         async def baseline(i: int) -> None:
             await empty(kwargs=None)
 
+        sample = rows(1)[0]
+        journal = Journal(Path(tmp) / "append-only", fsync=False)
+
+        async def clean_and_encode(i: int) -> None:
+            encode(clean_record(sample))
+
+        line = encode(sample)
+
+        async def journal_append(i: int) -> None:
+            journal.append(line)
+
         for name, fn in [
             ("empty hook (baseline)", baseline),
             ("success hook", success),
             ("failure hook", failure),
+            ("  of which: clean+encode", clean_and_encode),
+            ("  of which: journal write", journal_append),
         ]:
             samples = await _time_each(fn, n)
             p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
-            print(f"   {name:<22} p50 {p50:7.1f} µs   p99 {p99:7.1f} µs")
+            print(f"   {name:<26} p50 {p50:7.1f} µs   p99 {p99:7.1f} µs")
         writer._buffer.clear()  # the rows were only for timing; do not write them anywhere
+        journal.close(all_written=True)
         await dispose_session_factory(factory)
 
 
