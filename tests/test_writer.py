@@ -397,3 +397,29 @@ async def test_opening_a_router_writes_what_a_killed_process_left(
     async with ModelRouter(registry, writer=writer):
         await wait_until(lambda: writer.rows_replayed == 7)  # no call made
     assert await count_calls(session_factory) == 7
+
+
+async def test_a_half_written_line_does_not_swallow_the_next_row(
+    session_factory: Any, spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import course_llm.recording.journal as journal
+
+    real_write = journal.os.write
+    cut = True
+
+    def write(fd: int, data: Any) -> int:
+        nonlocal cut
+        if cut:  # the disk fills up half way through the line
+            cut = False
+            real_write(fd, bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(journal.os, "write", write)
+    writer = RecordWriter(session_factory, spool_path=spool, flush_interval_s=3600)
+    writer.submit(row(1))  # half of it reaches the file
+    writer.submit(row(2))  # must not be glued to that half
+    assert [r.request_id for r in journal_rows(spool)] == ["req-2"]
+    await writer.aclose()
+    assert await count_calls(session_factory) == 2  # row 1 was kept in memory and written
+    assert writer.rows_rejected == 0

@@ -122,10 +122,13 @@ class Segment:
         os.close(self.fd)
 
 
-def claim_orphans(prefix: Path) -> list[Segment]:
-    """Lock and return every segment under `prefix` that no live writer holds."""
+def claim_orphans(prefix: Path, *, own: Path | None = None) -> list[Segment]:
+    """Lock and return every segment under `prefix` that no live writer holds (never `own`, the
+    caller's segment, even once it has closed it: a closed segment is left for the next process)."""
     claimed = []
     for path in _segments(prefix):
+        if path == own:
+            continue
         try:
             fd = os.open(path, os.O_RDWR)
         except OSError:

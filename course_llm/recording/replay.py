@@ -29,8 +29,9 @@ Write = Callable[[list[CallRecord]], Awaitable[bool]]
 class OrphanReplay:
     """The orphaned segments one writer has claimed, and how far it got with them."""
 
-    def __init__(self, prefix: Path, rejects: Rejects, loud: LoudLog) -> None:
+    def __init__(self, prefix: Path, rejects: Rejects, loud: LoudLog, *, own: Path) -> None:
         self._prefix = prefix
+        self._own = own
         self._rejects = rejects
         self._loud = loud
         self._segments: list[Segment] | None = None  # None: not scanned yet
@@ -45,7 +46,7 @@ class OrphanReplay:
         database is down."""
         if self._segments is None:
             try:
-                self._segments = claim_orphans(self._prefix)
+                self._segments = claim_orphans(self._prefix, own=self._own)
             except OSError as exc:
                 self._segments = []
                 self._loud.error("llm_calls_journal_scan_failed", error=repr(exc))

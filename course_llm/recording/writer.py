@@ -100,7 +100,7 @@ class RecordWriter:
         self._last_probe = 0.0
         self._loud = LoudLog()
         self._rejects = Rejects(rejected_path(self.spool_path), self._loud)
-        self._orphans = OrphanReplay(self.spool_path, self._rejects, self._loud)
+        self._orphans = OrphanReplay(self.spool_path, self._rejects, self._loud, own=self._journal.path)
         self._sink = DatabaseSink(
             session_factory,
             connect,
