@@ -14,6 +14,7 @@ import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import NoReturn
 
 import asyncpg
@@ -27,6 +28,14 @@ from course_llm.db.migrate import upgrade_database
 
 # LiteLLM state resets, fake provider keys and respx provider mocks.
 pytest_plugins = ["tests.llm_fixtures"]
+
+
+@pytest.fixture(autouse=True)
+def _journal_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writers built from `Settings()` journal under the test's tmp_path, never in the checkout
+    (the default sits next to `course_llm.db` in the working directory)."""
+    monkeypatch.setenv("COURSE_LLM_SPOOL_PATH", str(tmp_path / "default-journal"))
+
 
 # ================================================================================================
 # Database fixtures

@@ -423,3 +423,20 @@ async def test_a_half_written_line_does_not_swallow_the_next_row(
     await writer.aclose()
     assert await count_calls(session_factory) == 2  # row 1 was kept in memory and written
     assert writer.rows_rejected == 0
+
+
+async def test_an_unwritable_journal_is_reported_before_any_row_and_recovers_by_itself(
+    session_factory: Any, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the journal's directory should be")
+    writer = RecordWriter(session_factory, spool_path=blocker / "journal", probe_interval_s=0.05)
+    writer.start()
+    await wait_until(lambda: writer.degraded is not None)  # no row submitted yet
+    assert (writer.degraded or "").startswith("journal unwritable: FileExistsError")
+    blocker.unlink()
+    blocker.mkdir()  # the operator fixes the volume
+    await wait_until(lambda: writer.degraded is None)  # no row needed to notice
+    writer.submit(row(1))
+    await writer.aclose()
+    assert await count_calls(session_factory) == 1

@@ -18,6 +18,7 @@ returns, the row is in the kernel's page cache and survives the death of the pro
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import threading
@@ -181,6 +182,17 @@ class Journal:
             raise
         self._fd, self._end, self.checkpoint = fd, 0, 0
         return fd
+
+    def check(self, min_free: int) -> None:
+        """Open the segment if need be and check the disk has `min_free` bytes; OSError if not.
+
+        Lets a writer find an unwritable journal before the first row, and notice when the disk
+        came back while no row is being written."""
+        with self._lock:
+            fd = self._fd if self._fd is not None else self._open()
+            stats = os.fstatvfs(fd)
+        if stats.f_bavail * stats.f_frsize < min_free:
+            raise OSError(errno.ENOSPC, f"No space left on device (under {min_free} bytes free)")
 
     def append(self, data: bytes) -> int:
         """Write whole lines; return the offset after them. Raises OSError (disk full, read-only)."""

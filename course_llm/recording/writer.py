@@ -49,6 +49,8 @@ log = structlog.get_logger()
 #: Every live writer, so its segment is closed (and kept for replay when rows are not yet written)
 #: when the interpreter exits without `aclose()`.
 _live_writers: weakref.WeakSet[RecordWriter] = weakref.WeakSet()
+#: Below this much free space the journal counts as full (a row is well under 64 KiB).
+_MIN_FREE_BYTES = 1 << 20
 
 
 @atexit.register
@@ -98,6 +100,7 @@ class RecordWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._last_probe = 0.0
+        self._journal_checked = 0.0
         self._loud = LoudLog()
         self._rejects = Rejects(rejected_path(self.spool_path), self._loud)
         self._orphans = OrphanReplay(self.spool_path, self._rejects, self._loud, own=self._journal.path)
@@ -114,6 +117,9 @@ class RecordWriter:
         self._rows_lost = 0  # rows neither the journal nor memory could hold
         self.journal_failures = 0
         _live_writers.add(self)
+        # A writer dropped without aclose() (its owner garbage-collected): unlock its segment, and
+        # delete it when every row is in the database (else it is left for the next process).
+        weakref.finalize(self, self._journal.close, all_written=True)
 
     # -- the caller's side: one write(2), no waiting ----------------------------------------------
 
@@ -129,9 +135,7 @@ class RecordWriter:
                 offset = None
                 self._journal_failed(exc)
             else:
-                if self.disk_error is not None:
-                    log.warning("llm_calls_journal_recovered", journal=str(self._journal.path))
-                    self.disk_error = None
+                self._journal_ok()
             if offset is not None and self._from_journal:
                 pass  # the task reads it back from the journal
             elif len(self._buffer) < self._max_queue:
@@ -149,6 +153,21 @@ class RecordWriter:
         """Read rows back from the journal from now on; memory keeps only what it alone holds."""
         self._from_journal = True
         self._buffer = deque(item for item in self._buffer if item[1] is None)
+
+    def _check_journal(self) -> None:
+        """Find an unwritable journal before the first row, and notice when it is writable again."""
+        self._journal_checked = time.monotonic()
+        try:
+            self._journal.check(_MIN_FREE_BYTES)
+        except OSError as exc:
+            self._journal_failed(exc)
+            return
+        self._journal_ok()
+
+    def _journal_ok(self) -> None:
+        if self.disk_error is not None:
+            log.warning("llm_calls_journal_recovered", journal=str(self._journal.path))
+            self.disk_error = None
 
     def _journal_failed(self, exc: OSError) -> None:
         self.journal_failures += 1
@@ -227,12 +246,18 @@ class RecordWriter:
                 log.error(
                     "llm_calls_prepare_failed", error=str(exc).splitlines()[0] if str(exc) else repr(exc)
                 )
+        self._check_journal()
         await self._orphans.run(self._sink.write)
         idle_since = time.monotonic()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._flush_interval_s)
             self._wake.clear()
+            if (
+                self.disk_error is not None
+                and time.monotonic() - self._journal_checked >= self._probe_interval_s
+            ):
+                self._check_journal()
             down = self._sink.down_since is not None
             if down and time.monotonic() - self._last_probe < self._probe_interval_s and not self._closing:
                 continue
