@@ -111,14 +111,14 @@ class DatabaseSink:
         self._up()
         return True
 
-    def _down(self, exc: BaseException, rows: int = 0) -> None:
+    def _down(self, exc: BaseException, rows: int | None = None) -> None:
         if self.down_since is None:
             self.down_since = time.monotonic()
             log.error(
                 "llm_calls_database_unavailable",
                 error=str(exc).splitlines()[0][:500] if str(exc) else repr(exc),
-                rows_waiting_in_journal=rows,
-                journal=self._where,
+                batch_rows=rows,  # the batch that failed; more may wait in the journal
+                rows_wait_in=self._where,
             )
 
     def _up(self) -> None:

@@ -238,6 +238,7 @@ class RecordWriter:
 
     async def _run(self) -> None:
         assert self._wake is not None
+        self._check_journal()
         if self._prepare is not None:
             prepare, self._prepare = self._prepare, None
             try:
@@ -246,7 +247,6 @@ class RecordWriter:
                 log.error(
                     "llm_calls_prepare_failed", error=str(exc).splitlines()[0] if str(exc) else repr(exc)
                 )
-        self._check_journal()
         await self._orphans.run(self._sink.write)
         idle_since = time.monotonic()
         while True:
