@@ -433,3 +433,14 @@ async def test_a_bad_payload_never_raises_from_the_path_success_hook(payload: An
     logger = CallLogger(sink, source="proxy")
     await logger.async_post_call_success_deployment_hook(payload, object(), "acompletion")
     assert sink.rows == []
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [("acme", "acme"), (42, "42"), (float("nan"), None), ({"a": 1}, None), ([1], None), (True, None)],
+)
+def test_only_text_or_integer_attribution_becomes_a_label(given: Any, stored: str | None) -> None:
+    from course_llm.recording.rows import _attribution
+
+    tenant, operation, _ = _attribution({"tenant_id": given, "operation": given})
+    assert (tenant, operation) == (stored, stored)

@@ -119,10 +119,21 @@ def _attribution(metadata: Mapping[str, Any]) -> tuple[str | None, str | None, d
     tenant = caller.get("tenant_id", metadata.get("tenant_id"))
     operation = caller.get("operation", metadata.get("operation"))
     return (
-        str(tenant) if tenant is not None else None,
-        str(operation) if operation is not None else None,
+        _label(tenant),
+        _label(operation),
         _json_safe(extra),
     )
+
+
+def _label(value: Any) -> str | None:
+    """An attribution label (tenant_id, operation) as given: text, or an integer id spelled as
+    text. Anything else a client may send (NaN, an object, a list) is no label: storing `'nan'` or
+    a Python repr would group spend under a tenant nobody named."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
 
 
 def _json_safe(value: Any) -> Any:
