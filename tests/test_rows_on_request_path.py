@@ -30,6 +30,9 @@ class Submitted:
     def submit(self, record: CallRecord) -> None:
         self.rows.append(record)
 
+    def start(self) -> None:
+        pass
+
     async def flush(self) -> None:
         pass
 
