@@ -19,10 +19,13 @@ with ``api_base=up.anthropic_base_url`` (the root: LiteLLM appends ``/v1/message
 with ``api_base=up.gemini_base_url`` (``.../v1beta``: LiteLLM appends ``/models/<m>:generateContent``).
 
 Control API: ``POST /_control/behaviour`` ``{"model", "statuses", "delay_ms", "reply", "json_reply",
-"stream_fault", "fault_after", "chunk_delay_ms"}`` (the statuses are answered in order, the last one
-repeats; model ``"*"`` is the fallback for models with no behaviour of their own),
+"stream_fault", "fault_after", "chunk_delay_ms", "error_message"}`` (the statuses are answered in
+order, the last one repeats; model ``"*"`` is the fallback for models with no behaviour of their own),
 ``POST /_control/reset``, ``GET /_control/requests[?model=m]``.
 A model whose name contains ``fail-<code>`` always answers that status, with no setup.
+``error_message`` is the message of an error answer; ``{api_key}`` in it is replaced by the
+credential the request carried (``Authorization: Bearer``, ``x-api-key``, ``x-goog-api-key`` or
+``?key=``), as upstreams that echo a wrong key do.
 
 Stream faults (any provider's streamed answer), after ``fault_after`` events of the stream:
 ``"cut"`` drops the connection mid-body (the client sees an incomplete chunked body, as when an
@@ -107,6 +110,7 @@ class Behaviour:
     stream_fault: str | None = None
     fault_after: int = 2
     chunk_delay_ms: float = 0
+    error_message: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,18 @@ class FakeState:
     def behaviour(self, model: str) -> Behaviour:
         return self.behaviours.get(model) or self.behaviours.get("*") or Behaviour()
 
+    def error_message(self, request: Request, model: str) -> str | None:
+        """The scripted message of an error answer, with the request's credential filled in."""
+        template = self.behaviour(model).error_message
+        if template is None:
+            return None
+        credential = request.headers.get("x-api-key") or request.headers.get("x-goog-api-key")
+        credential = credential or request.query_params.get("key") or ""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if not credential and scheme.lower() == "bearer":
+            credential = token.strip()
+        return template.replace("{api_key}", credential)
+
     def stream_plan(self, model: str) -> StreamPlan:
         behaviour = self.behaviour(model)
         return StreamPlan(behaviour.stream_fault, behaviour.fault_after, behaviour.chunk_delay_ms)
@@ -157,8 +173,8 @@ class FakeState:
         return status, behaviour.reply or f"fake answer from {model}", False
 
 
-def _error(provider: str, status: int, model: str) -> JSONResponse:
-    message = f"fake upstream answered {status} for model {model!r}"
+def _error(provider: str, status: int, model: str, message: str | None = None) -> JSONResponse:
+    message = message or f"fake upstream answered {status} for model {model!r}"
     if provider == "anthropic":
         kind = _ANTHROPIC_ERRORS.get(status, "api_error")
         body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
@@ -207,7 +223,7 @@ async def openai_chat(request: Request) -> Response:
     wants_json = (body.get("response_format") or {}).get("type") in ("json_object", "json_schema")
     status, reply, _ = await _state(request).answer(request, "openai", model, body, wants_json)
     if status != 200:
-        return _error("openai", status, model)
+        return _error("openai", status, model, _state(request).error_message(request, model))
     prompt = estimate_tokens("".join(_text_of(m.get("content")) for m in body.get("messages", [])))
     completion = estimate_tokens(reply)
     usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
@@ -247,7 +263,7 @@ async def anthropic_messages(request: Request) -> Response:
         request, "anthropic", model, body, json_tool or native_json
     )
     if status != 200:
-        return _error("anthropic", status, model)
+        return _error("anthropic", status, model, _state(request).error_message(request, model))
     prompt = _text_of(body.get("system"))
     prompt += "".join(_text_of(m.get("content")) for m in body.get("messages", []))
     usage = {"input_tokens": estimate_tokens(prompt), "output_tokens": estimate_tokens(reply)}
@@ -294,7 +310,7 @@ async def gemini_generate(request: Request) -> Response:
     wants_json = "application/json" in (config.get("responseMimeType"), config.get("response_mime_type"))
     status, reply, _ = await _state(request).answer(request, "gemini", model, body, wants_json)
     if status != 200:
-        return _error("gemini", status, model)
+        return _error("gemini", status, model, _state(request).error_message(request, model))
     prompt = _text_of((body.get("systemInstruction") or {}).get("parts"))
     prompt += "".join(_text_of(c.get("parts")) for c in body.get("contents", []))
     prompt_tokens, reply_tokens = estimate_tokens(prompt), estimate_tokens(reply)
@@ -334,6 +350,7 @@ async def control_behaviour(request: Request) -> Response:
     behaviour.stream_fault = fault
     behaviour.fault_after = int(body.get("fault_after", 2))
     behaviour.chunk_delay_ms = float(body.get("chunk_delay_ms") or 0)
+    behaviour.error_message = body.get("error_message")
     _state(request).behaviours[body["model"]] = behaviour
     return JSONResponse({"ok": True})
 
@@ -474,15 +491,17 @@ class FakeUpstream:
         stream_fault: str | None = None,
         fault_after: int = 2,
         chunk_delay_ms: float = 0,
+        error_message: str | None = None,
     ) -> None:
         """The next requests for ``model`` (``"*"``: any model without its own) answer ``statuses`` in
         order, the last one repeating, each after ``delay_ms``; ``reply`` is the text of a success,
         ``json_reply`` (a str or JSON-able value) the text when the request asks for JSON output.
         A streamed success misbehaves as ``stream_fault`` says ("cut" or "no_finish", after
-        ``fault_after`` events) and waits ``chunk_delay_ms`` before each event."""
+        ``fault_after`` events) and waits ``chunk_delay_ms`` before each event. An error answer
+        says ``error_message`` (``{api_key}``: the credential the request carried)."""
         payload = {"model": model, "statuses": list(statuses), "delay_ms": delay_ms, "reply": reply}
         payload |= {"json_reply": json_reply, "stream_fault": stream_fault, "fault_after": fault_after}
-        payload["chunk_delay_ms"] = chunk_delay_ms
+        payload |= {"chunk_delay_ms": chunk_delay_ms, "error_message": error_message}
         self._control().post("/_control/behaviour", json=payload).raise_for_status()
 
     def reset(self) -> None:

@@ -2,8 +2,53 @@
 
 LiteLLM may load this file twice (by path, from the config's directory, and by import); both
 copies hand out the same process-wide ProxyLogger, so there is one writer per process.
+
+LiteLLM imports this module while it loads its config, in `course-llm serve` and in plain
+`litellm --config` alike, so this is where the proxy process starts masking secrets
+(course_llm/recording/secrets.py): in LiteLLM's, uvicorn's and our own log lines, and in every
+row, for each credential the config uses, the master key and the database password.
 """
 
-from course_llm.proxy.hooks import proxy_logger
+from __future__ import annotations
 
+import os
+import sys
+from typing import Any
+
+import structlog
+import yaml
+
+from course_llm.proxy.hooks import proxy_logger
+from course_llm.recording.log_masking import install_log_masking
+from course_llm.recording.secrets import register_secrets, secret_values_from, secret_values_from_proxy_config
+from course_llm.settings import Settings
+
+log = structlog.get_logger()
+
+
+def _proxy_config_path() -> str | None:
+    """The config LiteLLM is loading: `litellm --config PATH` sets its global, `serve` the env."""
+    server = sys.modules.get("litellm.proxy.proxy_server")
+    path = getattr(server, "user_config_file_path", None) or os.environ.get("CONFIG_FILE_PATH")
+    return str(path) if path else None
+
+
+def register_proxy_secrets(settings: Settings) -> None:
+    """Register every credential this proxy was configured with (see the module docstring)."""
+    values = secret_values_from(settings)
+    path = _proxy_config_path()
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                config: Any = yaml.safe_load(handle) or {}
+            if isinstance(config, dict):
+                values |= secret_values_from_proxy_config(config)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            # LiteLLM itself read this file a moment ago; the patterns still mask key shapes.
+            log.warning("proxy_secrets_unread", config=path, error=type(exc).__name__)
+    register_secrets(values)
+
+
+install_log_masking()
+register_proxy_secrets(Settings())
 logger = proxy_logger()

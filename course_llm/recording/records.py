@@ -7,7 +7,6 @@ function and the writer can spool rows to a file as JSON while the database is a
 from __future__ import annotations
 
 import dataclasses
-import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,21 +15,12 @@ from typing import Any, Literal
 from uuid6 import uuid7
 
 from course_llm.errors import FailedAttempt
+from course_llm.recording.secrets import mask_secrets
 
 Source = Literal["sdk", "proxy", "direct"]
 
 #: Longest error message kept in a row; the rest is cut with a marker.
 MAX_ERROR_MESSAGE = 2000
-
-_SECRET_PATTERNS = [
-    # Provider keys: OpenAI/DeepSeek/Anthropic (sk-…), Google (AIza…), bearer tokens, key params.
-    re.compile(r"sk-[A-Za-z0-9_\-]{8,}"),
-    re.compile(r"AIza[0-9A-Za-z_\-]{20,}"),
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]{8,}"),
-    re.compile(
-        r"(?i)((?:api[_-]?key|x-api-key|x-goog-api-key|key|token)[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,}]{6,}"
-    ),
-]
 
 
 def new_id() -> uuid.UUID:
@@ -49,12 +39,13 @@ def utcnow() -> datetime:
 
 
 def redact(message: str, limit: int = MAX_ERROR_MESSAGE) -> str:
-    """The message with credentials masked and its length capped."""
-    for pattern in _SECRET_PATTERNS:
-        if pattern.groups:
-            message = pattern.sub(lambda m: m.group(1) + "[REDACTED]", message)
-        else:
-            message = pattern.sub("[REDACTED]", message)
+    """The message with credentials masked (configured secrets and key-shaped patterns, see
+    course_llm/recording/secrets.py) and its length capped.
+
+    Masked before the cut, so a cut cannot leave the head of a key that the whole would match;
+    a huge message is first cut to a few times `limit`, which bounds the masking's cost.
+    """
+    message = mask_secrets(message[: 4 * limit + 256])
     marker = "… [truncated]"
     if len(message) > limit:
         message = message[: limit - len(marker)] + marker

@@ -39,6 +39,7 @@ from course_llm.recording.journal import Journal, rejected_path
 from course_llm.recording.records import CallRecord
 from course_llm.recording.rejects import LoudLog, Rejects, encode
 from course_llm.recording.replay import OrphanReplay, waiting_rows
+from course_llm.recording.secrets import mask_record
 from course_llm.recording.sink import DatabaseSink
 
 if TYPE_CHECKING:
@@ -124,8 +125,8 @@ class RecordWriter:
     # -- the caller's side: one write(2), no waiting ----------------------------------------------
 
     def submit(self, record: CallRecord) -> None:
-        """Clean the row and journal it; the database write happens later. Safe from any thread."""
-        clean_record(record)
+        """Mask secrets, clean, journal; the database write happens later. Safe from any thread."""
+        clean_record(mask_record(record))
         data = encode(record)
         with self._lock:
             offset: int | None

@@ -39,6 +39,7 @@ from course_llm.recording.callback import (
     litellm_tags,
 )
 from course_llm.recording.records import CallRecord, new_id, utcnow
+from course_llm.recording.secrets import register_secrets, secret_values_from
 from course_llm.recording.writer import RecordWriter
 from course_llm.routing.compiler import compile_router_config, group_name, parse_deployment_id
 from course_llm.routing.dispatch import ROUTER_ID_KEY, SDK_ROUTER_TAG, router_dispatch
@@ -102,6 +103,7 @@ class ModelRouter:
             if fallback_strategy not in known:
                 raise UnknownActionError("*", fallback_strategy, sorted(known))
         self.registry = registry
+        register_secrets(secret_values_from(registry=registry))
         self._litellm = load_litellm()
         self._writer = writer
         self._max_attempts = max_attempts
@@ -334,13 +336,21 @@ def create_model_router(
     `max_attempts` and `fallback_strategy` default to the settings' values (2 and none).
     """
     settings = settings or Settings()
+    registry = registry or load_registry(settings.registry_path)
+    # Provider keys, the master key and the database password are masked in every row and log.
+    register_secrets(secret_values_from(settings, registry))
     writer = (
-        RecordWriter(session_factory, spool_path=settings.journal_path, max_queue=settings.log_queue_size)
+        RecordWriter(
+            session_factory,
+            spool_path=settings.journal_path,
+            fsync=settings.journal_fsync,
+            max_queue=settings.log_queue_size,
+        )
         if session_factory is not None
         else None
     )
     return ModelRouter(
-        registry or load_registry(settings.registry_path),
+        registry,
         writer=writer,
         max_attempts=max_attempts if max_attempts is not None else settings.max_attempts,
         fallback_strategy=fallback_strategy if fallback_strategy is not None else settings.fallback_strategy,
