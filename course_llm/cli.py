@@ -1,21 +1,33 @@
 """The `course-llm` command line. Commands parse options, call the library and print.
 
 User mistakes (a bad registry, an unknown filter, an unreachable database) print one line on
-stderr and exit 1; no tracebacks.
+stderr and exit 1; no tracebacks. What is printed is printed literally (course_llm/cli_output.py):
+stored values and paths are never read as Rich markup.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
+from pydantic import ValidationError
 
+from course_llm.cli_output import (
+    calls_table,
+    chains_table,
+    fail,
+    out,
+    print_table,
+    progress,
+    succeeded,
+    summary_table,
+)
 from course_llm.errors import CourseLLMError
+from course_llm.recording.log_masking import install_log_masking
+from course_llm.recording.secrets import register_secrets, secret_values_from
 from course_llm.routing.compiler import compile_proxy_config, render_proxy_config
 from course_llm.routing.registry import Registry, load_registry
 from course_llm.settings import Settings
@@ -23,9 +35,6 @@ from course_llm.settings import Settings
 app = typer.Typer(help="Route LLM calls by task and strategy, and see what they cost.", no_args_is_help=True)
 db_app = typer.Typer(help="Database commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-
-out = Console()
-err = Console(stderr=True)
 
 RegistryOption = Annotated[
     Path | None,
@@ -35,9 +44,12 @@ RegistryOption = Annotated[
 ]
 
 
-def fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
+@app.callback()
+def _start() -> None:
+    # Every command: secrets (master key, database password) are masked in all log lines.
+    install_log_masking()
+    with suppress(ValidationError):  # a bad setting is reported by the command that reads it
+        register_secrets(secret_values_from(Settings()))
 
 
 @contextmanager
@@ -60,15 +72,8 @@ def check(registry: RegistryOption = None) -> None:
     """Validate the registry and print its chains: action × strategy → models in order."""
     with user_errors():
         loaded, path = _registry(registry)
-    table = Table(title=f"{path}: {len(loaded.models)} models, {len(loaded.actions)} actions")
-    table.add_column("action")
-    table.add_column("strategy")
-    table.add_column("chain (tried in order)")
-    for action, strategy, chain in loaded.chains():
-        models = [f"{m} [dim]({loaded.models[m].provider})[/]" for m in chain]
-        table.add_row(action, strategy, " → ".join(models))
-    out.print(table)
-    out.print("[green]registry OK[/]")
+    out.print(chains_table(loaded, f"{path}: {len(loaded.models)} models, {len(loaded.actions)} actions"))
+    succeeded("registry OK")
 
 
 @app.command("compile")
@@ -108,7 +113,7 @@ def serve(
     settings = Settings()
     with user_errors(OSError):
         plan = proxy.prepare(settings, registry_path=registry, host=host, port=port, mock=mock)
-    out.print(proxy.banner(plan), highlight=False, soft_wrap=True)
+    out.print(proxy.banner(plan), soft_wrap=True)
     proxy.run(plan)
 
 
@@ -225,8 +230,8 @@ def calls(
     if as_json:
         _print_json(result.as_dict())
         return
-    _print_table(_calls_table(result.data))
-    out.print(f"page {result.page} of {result.total_pages} · {result.total} calls", highlight=False)
+    print_table(calls_table(result.data))
+    out.print(f"page {result.page} of {result.total_pages} · {result.total} calls")
 
 
 @app.command()
@@ -256,7 +261,7 @@ def usage(
     if as_json:
         _print_json(result.as_dict())
         return
-    _print_table(_summary_table(result.group_by, result.groups, result.totals))
+    print_table(summary_table(result.group_by, result.groups, result.totals))
 
 
 @app.command()
@@ -276,8 +281,6 @@ def export(
     request_id: RequestOption = None,
 ) -> None:
     """Write every matching call to FILE (oldest first), streaming: any size in constant memory."""
-    from rich.progress import Progress
-
     from course_llm.db.usage import count_matching, iter_calls
     from course_llm.reporting.usage import parse_export_format, write_export
 
@@ -289,92 +292,15 @@ def export(
         total = await count_matching(factory, filters)  # the database answered: errors now are the file's
         try:
             with (
-                Progress(console=err, transient=True) as progress,
+                progress(f"exporting to {output}", total) as advance,
                 output.open("w", encoding="utf-8", newline="") as handle,
             ):
-                task = progress.add_task(f"exporting to {output}", total=total)
-                rows = iter_calls(factory, filters)
-                return await write_export(rows, fmt, handle, lambda: progress.advance(task))
+                return await write_export(iter_calls(factory, filters), fmt, handle, advance)
         except OSError as exc:
             fail(f"cannot write {output}: {exc.strerror or exc}")
-            raise  # unreachable: fail() exits
 
     written = _query(run)
-    out.print(f"wrote {written} calls to {output} ({fmt})", highlight=False)
-
-
-def _print_table(table: Table) -> None:
-    """Print `table`; into a file or a pipe at its natural width, since no terminal limits it there."""
-    from rich.measure import Measurement
-
-    if out.is_terminal:
-        out.print(table)
-        return
-    width = Measurement.get(out, out.options.update_width(1000), table).maximum
-    Console(width=max(width, out.width)).print(table)
-
-
-def _calls_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table()
-    for name in ["time (UTC)", "request", "#", "action / strategy → served", "provider / model"]:
-        table.add_column(name)
-    for name in ["tokens in/out", "latency", "cost $"]:
-        table.add_column(name, justify="right", overflow="fold")
-    table.add_column("status")
-    for row in rows:
-        strategy = row["strategy"]
-        if row["served_strategy"] != strategy:
-            strategy = f"{strategy} → {row['served_strategy']}"
-        status = "[green]ok[/]"
-        if not row["success"]:
-            status = f"[red]{row['status_code'] or '-'} {row['error_class'] or 'error'}[/]"
-        table.add_row(
-            row["created_at"][:19].replace("T", " "),
-            # The tail: request ids are uuid7, whose leading digits are a timestamp shared by
-            # every request of the same minute.
-            row["request_id"][-8:],
-            str(row["attempt"]),
-            f"{row['action']} / {strategy}",
-            f"{row['provider']} / {row['model_id']}",
-            f"{_number(row['tokens_in'])}/{_number(row['tokens_out'])}",
-            "-" if row["latency_ms"] is None else f"{row['latency_ms']:.0f} ms",
-            "-" if row["cost_usd"] is None else f"{row['cost_usd']:.6f}",
-            status,
-        )
-    return table
-
-
-def _summary_table(keys: list[str], groups: list[dict[str, Any]], totals: dict[str, Any]) -> Table:
-    table = Table()
-    for key in keys:
-        table.add_column(key)
-    for name in ["calls", "failures", "error %", "tokens in", "tokens out", "cost $", "p50 ms", "p95 ms"]:
-        table.add_column(name, justify="right", overflow="fold")
-    table.add_column("fallback %", justify="right", overflow="fold")
-
-    def figures(group: dict[str, Any]) -> list[str]:
-        return [
-            _number(group["calls"]),
-            _number(group["failures"]),
-            f"{100 * group['error_rate']:.1f}",
-            _number(group["tokens_in"]),
-            _number(group["tokens_out"]),
-            f"{group['cost_usd']:.6f}",
-            "-" if group["p50_latency_ms"] is None else f"{group['p50_latency_ms']:.0f}",
-            "-" if group["p95_latency_ms"] is None else f"{group['p95_latency_ms']:.0f}",
-            f"{100 * group['fallback_rate']:.1f}",
-        ]
-
-    for index, group in enumerate(groups):
-        labels = ["-" if group[key] is None else str(group[key]) for key in keys]
-        table.add_row(*labels, *figures(group), end_section=index == len(groups) - 1)
-    total_labels = ["[bold]total[/]", *([""] * (len(keys) - 1))] if keys else []
-    table.add_row(*total_labels, *figures(totals), style="bold")
-    return table
-
-
-def _number(value: int | None) -> str:
-    return "-" if value is None else f"{value:,}"
+    out.print(f"wrote {written} calls to {output} ({fmt})")
 
 
 def main() -> None:  # pragma: no cover - console script entry

@@ -7,8 +7,13 @@ naming the field and what would have been valid. The queries themselves live in
 `course_llm.db.usage`; this module imports no SQLAlchemy, so the CLI can validate its options (and
 fail fast on a typo) before a database driver is even loaded.
 
+Numbers from users are bounded, so a hostile value is a 400 (or a one-line CLI error), never an
+overflow deep in a query: spans up to `MAX_SPAN`, times clamped into `[MIN_TIME, MAX_TIME]`, pages
+up to `MAX_PAGE`; a NUL character in any value is refused.
+
 Also here: the result types (`CallsPage`, `Summary`) and the row formats of `export` (CSV, JSONL),
-which are pure functions of the row dicts the queries return.
+pure functions of the row dicts the queries return. CSV text cells that start with `=`, `+`, `-`,
+`@`, a tab or a CR get a leading `'` (OWASP, "CSV Injection"): a spreadsheet shows, never runs, them.
 """
 
 from __future__ import annotations
@@ -31,7 +36,11 @@ __all__ = [
     "FIGURES",
     "FILTER_NAMES",
     "GROUP_KEYS",
+    "MAX_PAGE",
     "MAX_PAGE_SIZE",
+    "MAX_SPAN",
+    "MAX_TIME",
+    "MIN_TIME",
     "CallsPage",
     "ExportFormat",
     "Summary",
@@ -118,11 +127,17 @@ CALL_COLUMNS: tuple[str, ...] = (
 
 STATUSES = ("success", "error")
 MAX_PAGE_SIZE = 1000
+#: Highest page number: (MAX_PAGE - 1) × MAX_PAGE_SIZE is an OFFSET every database takes.
+MAX_PAGE = 1_000_000_000
+MAX_SPAN = timedelta(days=36525)  # 100 years
+#: Python's datetime spans years 1-9999 (both databases more), less a day each side for arithmetic.
+MIN_TIME = datetime(1, 1, 2, tzinfo=UTC)
+MAX_TIME = datetime(9999, 12, 30, tzinfo=UTC)
 ExportFormat = Literal["csv", "jsonl"]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 
-_SPAN = re.compile(r"^(\d+)\s*([smhdw])$")
-_SPAN_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_SPAN = re.compile(r"^(\d+)\s*([smhdw])$", re.ASCII)
+_SPAN_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,12 +202,21 @@ class Summary:
 
 
 def parse_time(field_name: str, raw: str, now: datetime | None = None) -> datetime:
-    """An ISO 8601 time (naive means UTC) or a span back from now (`30m`, `24h`, `7d`, `2w`)."""
+    """An ISO 8601 time (naive means UTC) or a span back from now (`30m`, `24h`, `7d`, `2w`).
+
+    A span longer than `MAX_SPAN` is a `UsageQueryError`; a time outside `[MIN_TIME, MAX_TIME]`
+    is clamped to the nearest bound (`since=0001-01-01` selects the same rows either way).
+    """
     text = raw.strip()
     span = _SPAN.match(text)
     if span:
-        amount, unit = int(span.group(1)), span.group(2)
-        return (now or datetime.now(UTC)) - timedelta(**{_SPAN_UNITS[unit]: amount})
+        digits, unit = span.group(1).lstrip("0") or "0", span.group(2)
+        # Counted in integers: timedelta itself overflows past 999,999,999 days.
+        seconds = int(digits) * _SPAN_SECONDS[unit] if len(digits) <= 12 else None
+        if seconds is None or seconds > MAX_SPAN.total_seconds():
+            message = f"{raw!r} reaches back more than 100 years (36525d); give an ISO 8601 time"
+            raise UsageQueryError(field_name, message)
+        return _clamp((now or datetime.now(UTC)) - timedelta(seconds=seconds))
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -201,7 +225,16 @@ def parse_time(field_name: str, raw: str, now: datetime | None = None) -> dateti
             f"{raw!r} is neither an ISO 8601 time (2025-03-01T12:00:00Z) "
             "nor a span back from now (30m, 24h, 7d, 2w)",
         ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if moment.tzinfo is None:
+        return _clamp(moment.replace(tzinfo=UTC))
+    try:
+        return _clamp(moment.astimezone(UTC))
+    except OverflowError:  # 0001-01-01T00:00+05:00 is in year 0 in UTC; 9999-12-31T23:00-05:00 in 10000
+        return MIN_TIME if moment.year == datetime.min.year else MAX_TIME
+
+
+def _clamp(moment: datetime) -> datetime:
+    return min(max(moment, MIN_TIME), MAX_TIME)
 
 
 def parse_filters(**raw: str | None) -> UsageFilters:
@@ -221,6 +254,9 @@ def filters_from(raw: Mapping[str, str | None], now: datetime | None = None) -> 
             raise UsageQueryError(name, f"unknown filter; valid filters: {', '.join(FILTER_NAMES)}")
         if value is None or not value.strip():
             continue
+        if "\x00" in value:
+            # No stored value holds one (they are cleaned), and PostgreSQL refuses it in a query.
+            raise UsageQueryError(name, "contains a NUL character")
         values[name] = value.strip()
     anchor = now or datetime.now(UTC)
     for name in ("since", "until"):
@@ -255,14 +291,21 @@ def parse_group_by(raw: str | Sequence[str] | None) -> list[str]:
 def parse_page(
     page: str | int | None, page_size: str | int | None, default_size: int = 50
 ) -> tuple[int, int]:
-    """`(page, page_size)`: page >= 1 (default 1), 1 <= page_size <= 1000 (default `default_size`)."""
+    """`(page, page_size)`: 1 <= page <= `MAX_PAGE` (default 1), 1 <= page_size <= 1000."""
     number = _integer("page", page, 1)
     size = _integer("page_size", page_size, default_size)
     if number < 1:
-        raise UsageQueryError("page", f"must be 1 or more, got {number}")
+        raise UsageQueryError("page", f"must be 1 or more, got {_shown(number)}")
+    if number > MAX_PAGE:
+        raise UsageQueryError("page", f"must be at most {MAX_PAGE:,}, got {_shown(number)}")
     if not 1 <= size <= MAX_PAGE_SIZE:
-        raise UsageQueryError("page_size", f"must be between 1 and {MAX_PAGE_SIZE}, got {size}")
+        raise UsageQueryError("page_size", f"must be between 1 and {MAX_PAGE_SIZE}, got {_shown(size)}")
     return number, size
+
+
+def _shown(number: int) -> str:
+    """`number` for an error message; a huge one by its size (str() refuses 4,300+ digits)."""
+    return str(number) if abs(number) < 10**30 else "a number of over 30 digits"
 
 
 def _integer(field_name: str, raw: str | int | None, default: int) -> int:
@@ -270,8 +313,11 @@ def _integer(field_name: str, raw: str | int | None, default: int) -> int:
         return default
     if isinstance(raw, int):
         return raw
+    text = raw.strip()
+    if len(text) > 30:  # int() of thousands of digits is slow, and 4,300+ is an error of its own
+        raise UsageQueryError(field_name, f"{len(text)} characters is no whole number in range")
     try:
-        return int(raw.strip())
+        return int(text)
     except ValueError:
         raise UsageQueryError(field_name, f"{raw!r} is not a whole number") from None
 
@@ -329,18 +375,24 @@ async def write_export(
     return written
 
 
+#: First characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def _csv_value(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return str(value)
+    if isinstance(value, int | float):
+        return str(value)  # a number stays a number, negative ones included
+    text = _compact_json(value) if isinstance(value, dict | list) else str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def _csv_line(values: list[str]) -> str:
     buffer = io.StringIO()
-    # "\n" rather than csv's default "\r\n": the file is opened in text mode by the caller.
-    csv.writer(buffer, lineterminator="\n").writerow(values)
-    return buffer.getvalue()
+    # Told "\r\n" (it quotes values holding the terminator's characters: a lone CR splits a row).
+    csv.writer(buffer, lineterminator="\r\n").writerow(values)
+    return buffer.getvalue()[:-2] + "\n"
