@@ -2,7 +2,12 @@
 
 ProxyLogger is the CallLogger of the LiteLLM proxy (`source="proxy"`). Besides recording every
 attempt, it
-- rejects an unknown action or strategy with HTTP 400 naming the valid ones, before routing;
+- refuses, before routing, a request whose body breaks the client allow-list (course_llm/proxy/
+  guard.py) or names an unknown action or strategy (HTTP 400 naming the valid ones). `course-llm
+  serve` refuses those before LiteLLM even reads them (routes.py); this hook is the same check for
+  plain `litellm --config`;
+- records failures only of requests it admitted: a request refused before routing (bad key, bad
+  body, forbidden parameter) has no row, whatever LiteLLM's failure event says about it;
 - gives each request a time-ordered request id (`litellm_trace_id`) and returns it in the
   `x-course-llm-request-id` response header, so a caller can find its rows;
 - asks the upstream for usage on streamed calls (`stream_options.include_usage`), hides the
@@ -14,16 +19,24 @@ attempt, it
 
 from __future__ import annotations
 
+import secrets
 import sys
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping
 from typing import Any
 
 import structlog
 from fastapi import HTTPException
 
 from course_llm._litellm import flush_logging_worker
-from course_llm.errors import AllModelsFailedError, UnknownActionError
+from course_llm.errors import AllModelsFailedError
+from course_llm.proxy.guard import (
+    BODY_CHECKED,
+    Refusal,
+    controls_refusal,
+    request_refusal,
+    unknown_model_reason,
+)
 from course_llm.proxy.streams import StreamAttempts, StreamWatch, recorded_stream
 from course_llm.recording.callback import (
     REQUEST_ID_KEY,
@@ -31,7 +44,6 @@ from course_llm.recording.callback import (
     CallLogger,
     litellm_tags,
     remember,
-    split_group,
 )
 from course_llm.recording.records import CallRecord, new_id, status_code_of
 from course_llm.recording.rows import StreamEnd, metadata_of
@@ -43,9 +55,16 @@ log = structlog.get_logger()
 REQUEST_ID_HEADER = "x-course-llm-request-id"
 #: Requests remembered at once for the all-failed message.
 _MAX_TRACKED = 10_000
+#: Metadata key of the mark the pre-call hook puts on the requests it admits.
+_ADMITTED = "course_llm_admitted"
 #: Router bookkeeping a client could send to rewrite which action/strategy a row records.
 _ROUTER_KEYS = frozenset({"original_model_group", "model_group"})
 _STRIP_USAGE = "course_llm_strip_usage"
+#: Call types whose bodies the chat (or text-completion) allow-list governs.
+_CHAT = frozenset({"acompletion", "completion"})
+_TEXT_COMPLETION = frozenset({"atext_completion", "text_completion"})
+#: Keys LiteLLM adds to its snapshot of the client's body (`proxy_server_request.body`).
+_SNAPSHOT_EXTRAS = frozenset({"client_side_timeout"})
 
 _instance: ProxyLogger | None = None
 
@@ -73,6 +92,9 @@ class ProxyLogger(CallLogger):
         self._observers: list[Callable[[CallRecord], None]] = []
         # Failed attempts per request (bounded), to tell a client every attempt when all failed.
         self._failures: OrderedDict[str, list[CallRecord]] = OrderedDict()
+        # The pre-call hook marks each request it lets through with this process's secret, which
+        # no client can put in a body: only such requests can fail as attempts.
+        self._admission = secrets.token_hex(16)
         # The attempts of streamed requests that LiteLLM's hooks do not report (see streams.py).
         self._streams = StreamAttempts(self._emit, self.claim, source="proxy", max_tracked=_MAX_TRACKED)
 
@@ -152,9 +174,13 @@ class ProxyLogger(CallLogger):
     ) -> Any:
         if not isinstance(data, dict) or "model" not in data:
             return data
-        reason = unknown_model_reason(str(data["model"]), _router_groups()) or invalid_body_reason(data)
-        if reason:
-            raise HTTPException(status_code=400, detail={"error": reason})
+        if not BODY_CHECKED.get():  # `course-llm serve` checked it before LiteLLM read it
+            refusal = body_refusal(data, call_type)
+            if refusal is None:
+                reason = unknown_model_reason(str(data["model"]), *router_groups())
+                refusal = Refusal(400, reason, "model") if reason else None
+            if refusal is not None:
+                raise HTTPException(status_code=refusal.status, detail={"error": refusal.message})
         # Always a new id: LiteLLM may have set litellm_trace_id from a client's trace or session
         # header, which many requests share; one course_llm request id must mean one request.
         request_id = str(new_id())
@@ -166,6 +192,7 @@ class ProxyLogger(CallLogger):
         for key in [k for k in metadata if str(k).startswith("course_llm_") or k in _ROUTER_KEYS]:
             metadata.pop(key)
         metadata[REQUEST_ID_KEY] = request_id
+        metadata[_ADMITTED] = self._admission
         if "tags" in metadata and not _is_string_list(metadata["tags"]):
             metadata[TAGS_KEY] = metadata["tags"]
             metadata["tags"] = litellm_tags(metadata["tags"])
@@ -188,6 +215,8 @@ class ProxyLogger(CallLogger):
             return None
         metadata = request_data.get("metadata")
         request_id = str(metadata.get(REQUEST_ID_KEY) or "") if isinstance(metadata, dict) else ""
+        if not self.admitted(metadata):
+            return None  # refused before routing; its metadata is the client's word, not ours
         if self._mine(metadata_of(request_data)):
             try:  # a streamed attempt no hook reported failed last: its row first
                 self._streams.request_failed(request_data, original_exception)
@@ -214,6 +243,22 @@ class ProxyLogger(CallLogger):
         metadata = data.get("metadata") if isinstance(data, dict) else None
         request_id = metadata.get(REQUEST_ID_KEY) if isinstance(metadata, dict) else None
         return {REQUEST_ID_HEADER: str(request_id)} if request_id else None
+
+    def _on_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        """LiteLLM's failure event is a row only for a request the pre-call hook admitted: LiteLLM
+        also sends one for a request refused earlier (a bad key, a refused body), and names a model
+        for it when its chain has only one."""
+        try:
+            admitted = self.admitted(metadata_of((kwargs or {}).get("litellm_params")))
+        except Exception as exc:
+            self._dropped("failure", exc)
+            return
+        if admitted:
+            super()._on_failure_event(kwargs, response_obj, start_time, end_time)
+
+    def admitted(self, metadata: Any) -> bool:
+        """Whether these request metadata are of a request the pre-call hook let through."""
+        return isinstance(metadata, Mapping) and metadata.get(_ADMITTED) == self._admission
 
     # -- streams -------------------------------------------------------------------------------
 
@@ -277,42 +322,34 @@ class ProxyLogger(CallLogger):
             self._dropped("stream_deployment_failed", exc)
 
 
-def _router_groups() -> tuple[set[str], Mapping[str, str]]:
+def router_groups() -> tuple[Collection[str], Mapping[str, str]]:
+    """The model groups (action/strategy) the proxy's router serves, and its aliases."""
     proxy_server = sys.modules.get("litellm.proxy.proxy_server")
     router = getattr(proxy_server, "llm_router", None)
     if router is None:
-        return set(), {}
-    return set(router.get_model_names()), dict(getattr(router, "model_group_alias", None) or {})
+        return (), {}
+    names = getattr(router, "model_names", None)  # the router keeps this set up to date
+    if not isinstance(names, set | frozenset):
+        names = set(router.get_model_names())
+    return names, getattr(router, "model_group_alias", None) or {}
+
+
+def body_refusal(data: Mapping[str, Any], call_type: Any) -> Refusal | None:
+    """Why the client's body (LiteLLM's snapshot of it in `data`) must be refused; None if it may go."""
+    server_request = data.get("proxy_server_request")
+    body = server_request.get("body") if isinstance(server_request, Mapping) else None
+    if not isinstance(body, Mapping):
+        return None  # not a request from a proxy client
+    if not _SNAPSHOT_EXTRAS.isdisjoint(body):
+        body = {key: value for key, value in body.items() if key not in _SNAPSHOT_EXTRAS}
+    kind = str(getattr(call_type, "value", call_type) or "")
+    if kind in _CHAT or kind in _TEXT_COMPLETION:
+        model = data.get("model")
+        return request_refusal(
+            body, "chat" if kind in _CHAT else "completion", None if "model" in body else str(model)
+        )
+    return controls_refusal(body, prefixed=False)  # LiteLLM adds `litellm_metadata` and the like
 
 
 def _is_string_list(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
-
-
-def invalid_body_reason(data: Mapping[str, Any]) -> str | None:
-    """Why a chat request body cannot be sent to any model; None when it can."""
-    if "messages" not in data:
-        return None  # not a chat call (embeddings, responses…): LiteLLM validates those itself
-    messages = data["messages"]
-    if not isinstance(messages, list) or not messages:
-        return "messages must be a non-empty list of {role, content} objects"
-    for index, message in enumerate(messages):
-        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
-            return f"messages[{index}] must be an object with a string 'role'"
-    metadata = data.get("metadata")
-    if metadata is not None and not isinstance(metadata, Mapping):
-        return "metadata must be an object such as {tenant_id, operation, tags}"
-    return None
-
-
-def unknown_model_reason(model: str, groups: tuple[set[str], Mapping[str, str]]) -> str | None:
-    """Why `model` names no action/strategy the proxy serves, listing the valid ones; None if it does."""
-    names, aliases = groups
-    if not names or model in names or model in aliases:
-        return None
-    served = [split_group(name) for name in names if "/" in name]
-    actions = sorted({action for action, _ in served})
-    action, strategy = split_group(model)
-    if action not in actions:
-        return f"{UnknownActionError(action, None, actions)} (model is <action> or <action>/<strategy>)"
-    return str(UnknownActionError(action, strategy, sorted({s for a, s in served if a == action})))
