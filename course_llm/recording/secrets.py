@@ -276,20 +276,6 @@ def secret_values_from_proxy_config(
 
 # --- rows ----------------------------------------------------------------------------------------
 
-#: The str columns of CallRecord that a client or an upstream can fill.
-_RECORD_TEXT = (
-    "request_id",
-    "action",
-    "strategy",
-    "served_strategy",
-    "provider",
-    "model_id",
-    "error_class",
-    "error_message",
-    "tenant_id",
-    "operation",
-    "end_user",
-)
 
 
 #: Deeper containers are left as they are: `clean_record` replaces them with a marker anyway.
@@ -328,8 +314,10 @@ def mask_record(record: CallRecord) -> CallRecord:
     """
     if not _secrets:
         return record
+    from course_llm.recording.clean import STRING_FIELDS  # records imports this module: not at top
+
     texts: list[str] = []
-    for name in _RECORD_TEXT:
+    for name in STRING_FIELDS:
         value = getattr(record, name)
         if isinstance(value, str):
             texts.append(value)
@@ -338,7 +326,7 @@ def mask_record(record: CallRecord) -> CallRecord:
     blob = "\n".join(texts)
     if not any(secret in blob for secret in _secrets):
         return record
-    for name in _RECORD_TEXT:
+    for name in STRING_FIELDS:
         value = getattr(record, name)
         if isinstance(value, str):
             setattr(record, name, mask_configured(value))
