@@ -29,6 +29,7 @@ from course_llm.recording.clean import (
 )
 from course_llm.recording.records import CallRecord, new_id
 from course_llm.reporting.usage import UsageFilters
+from tests.rows import row
 
 Factory = async_sessionmaker[AsyncSession]
 KEY = "sk-test-master-key"
@@ -37,23 +38,9 @@ NAN, INF = float("nan"), float("inf")
 
 
 def record(request_id: str, **overrides: Any) -> CallRecord:
-    values: dict[str, Any] = {
-        "request_id": request_id,
-        "attempt": 1,
-        "action": "text_processing",
-        "strategy": "default",
-        "served_strategy": "default",
-        "provider": "deepseek",
-        "model_id": "deepseek-chat",
-        "success": True,
-        "source": "proxy",
-        "tokens_in": 10,
-        "tokens_out": 5,
-        "latency_ms": 100.0,
-        "cost_usd": 0.5,
-    }
-    values.update(overrides)
-    return CallRecord(**values)
+    """tests/rows.py's row, as the proxy records it, with a latency and a cost."""
+    values: dict[str, Any] = {"source": "proxy", "latency_ms": 100.0, "cost_usd": 0.5, **overrides}
+    return row(request_id=request_id, **values)
 
 
 def poisoned(request_id: str) -> list[CallRecord]:
