@@ -277,7 +277,6 @@ def secret_values_from_proxy_config(
 # --- rows ----------------------------------------------------------------------------------------
 
 
-
 #: Deeper containers are left as they are: `clean_record` replaces them with a marker anyway.
 _MAX_DEPTH = 64
 
