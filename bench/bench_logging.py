@@ -95,16 +95,19 @@ async def bench_hooks(n: int) -> None:
             _hidden_params={"custom_llm_provider": "openai"},
         )
 
+        # LiteLLM builds each attempt's request data; build it before the clock starts.
+        requests = [attempt_request_data(i) for i in range(2 * (n + 500))]
+
         async def success(i: int) -> None:
             # The success hook LiteLLM awaits on the request path (the background success event
             # only records what no path hook saw).
             await logger.async_post_call_success_deployment_hook(
-                request_data=attempt_request_data(i), response=response, call_type="acompletion"
+                request_data=requests[i], response=response, call_type="acompletion"
             )
 
         async def failure(i: int) -> None:
             await logger.async_post_call_failure_deployment_hook(
-                request_data=attempt_request_data(i),
+                request_data=requests[n + 500 + i],
                 exception=Upstream503("upstream 503"),
                 call_type="acompletion",
             )

@@ -28,6 +28,7 @@ from course_llm.recording.clean import (
     metadata_size,
 )
 from course_llm.recording.records import CallRecord
+from course_llm.recording.rejects import decode, encode
 
 NAN, INF = float("nan"), float("inf")
 
@@ -237,11 +238,25 @@ def test_a_circular_or_very_deep_metadata_is_cut_and_marked() -> None:
         assert storable(cleaned)
 
 
-def test_huge_integers_in_metadata_are_kept_and_past_the_decimal_limit_become_hex() -> None:
-    cleaned = clean_record(record(metadata={"big": 10**20, "giant": 1 << 20_000, "n": NAN})).metadata
-    assert cleaned["big"] == 10**20
+def test_integers_in_metadata_beyond_64_bits_become_text_and_past_the_decimal_limit_hex() -> None:
+    metadata = {"edge": 2**63 - 1, "low": -(2**63), "big": 2**63, "neg": -(10**20), "giant": 1 << 20_000}
+    cleaned = clean_record(record(metadata={**metadata, "n": NAN})).metadata
+    assert (cleaned["edge"], cleaned["low"]) == (2**63 - 1, -(2**63))
+    assert (cleaned["big"], cleaned["neg"]) == (str(2**63), str(-(10**20)))
     assert cleaned["giant"] == hex(1 << 20_000)
     assert storable(cleaned)
+
+
+def test_a_long_digit_run_inside_text_is_not_mistaken_for_a_number() -> None:
+    metadata = {"order": "1234567890123456789012", "n": 1}
+    assert clean_record(record(metadata=dict(metadata))).metadata == metadata
+
+
+def test_a_row_with_a_64_bit_edge_integer_survives_the_journal_line_exactly() -> None:
+    row = clean_record(record(metadata={"edge": 2**63 - 1, "big": 2**64}))
+    back = decode(encode(row))
+    assert back is not None
+    assert back.metadata == {"edge": 2**63 - 1, "big": str(2**64)}
 
 
 def test_metadata_that_is_not_a_mapping_is_wrapped() -> None:

@@ -1,6 +1,6 @@
 """clean_record: make any row a client (or an upstream) can cause storable in SQLite and PostgreSQL.
 
-Proxy clients are untrusted (DESIGN.md, "Untrusted clients — contract"), and what they send ends up
+Proxy clients are untrusted (docs/architecture.md, "Untrusted clients"), and what they send ends up
 in a row: `user` becomes `end_user`, `metadata` becomes the JSON column. Left as they come, such
 values either break a database or poison the reading side:
 
@@ -22,7 +22,8 @@ attempt of one request stays "a late attempt"; only the order among such attempt
 `tokens_in`, `tokens_out` and `status_code` become null when outside their column (and token
 counts when negative): a clamped count would be a plausible-looking lie (2.1 billion tokens) that
 inflates every sum, whereas null is the column's own "unknown". The value that was refused is kept
-as a string under `metadata.course_llm_out_of_range`, so the anomaly stays visible.
+as a string under `metadata.course_llm_out_of_range`, so the anomaly stays visible. An integer
+inside metadata beyond the signed 64-bit range is kept as its text.
 """
 
 from __future__ import annotations
@@ -60,9 +61,13 @@ _TOO_DEEP = "[nested too deep]"
 
 _INT32 = (-(2**31), 2**31 - 1)
 _SMALLINT = (-(2**15), 2**15 - 1)
-#: Integers with more bits than this cannot be written in decimal (Python's 4,300-digit limit on
-#: int→str), so json.dumps would raise; they are kept as hex strings instead.
+#: Integers in metadata are kept as numbers inside the signed 64-bit range, the range every
+#: reader of the row agrees on (the journal's encoder, PostgreSQL's bigint, JavaScript's BigInt);
+#: beyond it they are kept as text, in decimal, or in hex beyond Python's 4,300-digit int→str limit.
+_INT64 = (-(2**63), 2**63 - 1)
 _MAX_DECIMAL_BITS = 14_000
+#: A run of digits long enough to be an integer beyond the 64-bit range (2**63 has 19 digits).
+_LONG_NUMBER = re.compile(r"\d{19}")
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 #: json.dumps with non-default arguments builds a new encoder per call; this one is built once.
@@ -161,7 +166,7 @@ class _Walk:
             return clean_text(str(value))
         if isinstance(value, int):
             number = int(value)
-            return number if number.bit_length() <= _MAX_DECIMAL_BITS else _int_text(number)
+            return number if _in(number, _INT64) else _int_text(number)
         if isinstance(value, float):
             real = float(value)
             return real if math.isfinite(real) else None
@@ -281,12 +286,14 @@ def _capped(metadata: dict[str, Any], cut: bool) -> dict[str, Any]:
 
 def _storable_as_is(metadata: dict[str, Any]) -> bool:
     """The fast path: one encoding proves most metadata clean (no walk, no copy)."""
+    if not metadata:
+        return True
     try:
         text = _strict_json(metadata)
     except (TypeError, ValueError, RecursionError):
         return False  # not JSON as it stands: NaN, an object, a circular or too deep container
-    if "\\u0000" in text:
-        return False
+    if "\\u0000" in text or _LONG_NUMBER.search(text) is not None:
+        return False  # a NUL, or maybe an integer beyond 64 bits: the walk decides
     if text.isascii():
         return len(text) <= MAX_METADATA_BYTES
     if _SURROGATE.search(text) is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from uuid6 import uuid7
+from uuid_utils.compat import uuid7
 
 from course_llm.errors import FailedAttempt
 from course_llm.recording.secrets import mask_secrets
@@ -24,8 +24,8 @@ MAX_ERROR_MESSAGE = 2000
 
 
 def new_id() -> uuid.UUID:
-    """A time-ordered UUID (uuid7) for row ids and request ids."""
-    return uuid.UUID(bytes=uuid7().bytes)
+    """A time-ordered UUID (uuid7) for row ids and request ids, as the standard library's type."""
+    return uuid7()
 
 
 def status_code_of(exception: BaseException) -> int | None:
@@ -54,7 +54,7 @@ def redact(message: str, limit: int = MAX_ERROR_MESSAGE) -> str:
 
 @dataclass(slots=True)
 class CallRecord:
-    """One attempt of one LLM request: the llm_calls columns (DESIGN.md, "The llm_calls table")."""
+    """One attempt of one LLM request: the llm_calls columns (docs/architecture.md, "The llm_calls table")."""
 
     request_id: str
     attempt: int

@@ -76,8 +76,8 @@ def split_group(group: str | None) -> tuple[str, str]:
 def as_utc(value: Any, default: datetime | None = None) -> datetime:
     """A LiteLLM time (naive local datetime, aware datetime or epoch float) as an aware UTC time."""
     if isinstance(value, datetime):
-        # LiteLLM hands out naive local-time datetimes; make them aware, then UTC.
-        return (value if value.tzinfo else value.astimezone()).astimezone(UTC)
+        # LiteLLM hands out naive local-time datetimes; `astimezone` reads a naive one as local.
+        return value.astimezone(UTC)
     if isinstance(value, int | float):
         return datetime.fromtimestamp(value, UTC)
     return default or datetime.now(UTC)
