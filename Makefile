@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The proxy with offline canned answers, on the embedded SQLite default. Clients send the printed
+# development key, sk-course-llm-dev, unless LITELLM_MASTER_KEY is set (then that one).
 run: $(STAMP)  ## the proxy on the embedded SQLite default, offline canned answers
 	$(BIN)/course-llm serve --mock
 

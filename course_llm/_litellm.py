@@ -3,7 +3,7 @@
 `import litellm` downloads the model cost map unless LITELLM_LOCAL_MODEL_COST_MAP is set, so every
 course_llm module that needs LiteLLM gets it from `load_litellm()`, which sets that first.
 
-LiteLLM's `retry_policy` chooses retries by exception class; DESIGN.md wants them by HTTP status
+LiteLLM's `retry_policy` chooses retries by exception class; docs/architecture.md wants them by HTTP status
 (an upstream 401 can surface as BadRequestError, a 403 as PermissionDeniedError, which the policy
 does not know and which the Router retries when a group has several deployments). So course_llm
 configures no retry_policy and wraps `Router.should_retry_this_error`: a permanent status is never
@@ -20,8 +20,11 @@ from typing import Any
 
 from course_llm.errors import CourseLLMError
 
-#: Statuses that skip to the next model at once (DESIGN.md, "Routing semantics").
+#: Statuses that skip to the next model at once (docs/architecture.md, "Routing semantics").
 PERMANENT_STATUS_CODES = frozenset({400, 401, 403, 404})
+#: How the ERROR LiteLLM's Router logs once every fallback of a request failed begins
+#: (litellm/router.py, `async_function_with_fallbacks`); the facade and the proxy replace it.
+ALL_FALLBACKS_FAILED_LOG = "litellm.router.py::async_function_with_fallbacks() - Error occurred"
 
 _PATCH_MARK = "_course_llm_status_code_rule"
 

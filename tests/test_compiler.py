@@ -74,8 +74,30 @@ def test_prices_become_per_token_costs_and_keys_env_references(small: Registry) 
         "order": 1,
         "input_cost_per_token": 1e-07,
         "output_cost_per_token": 2e-07,
+        "cache_read_input_token_cost": 1e-07,
+        "cache_creation_input_token_cost": 1e-07,
         "api_base": "https://api.deepseek.com",
     }
+
+
+def test_litellm_registers_the_compiled_prices_without_a_warning(small: Registry) -> None:
+    """LiteLLM warns once per model it does not know unless cache prices come with the others."""
+    import logging
+
+    from course_llm._litellm import load_litellm
+
+    litellm = load_litellm()
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    emitter = logging.getLogger("LiteLLM")
+    emitter.addHandler(handler)
+    try:
+        router = litellm.Router(model_list=compile_router_config(small)["model_list"])
+    finally:
+        emitter.removeHandler(handler)
+    assert router.get_model_names()  # the deployments were registered
+    assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []
 
 
 def test_strategies_fall_back_to_default_and_default_has_no_fallback(small: Registry) -> None:
@@ -124,6 +146,7 @@ def test_proxy_config_installs_the_logger_and_the_master_key(small: Registry) ->
     config = compile_proxy_config(small)
     assert config["litellm_settings"]["callbacks"] == ["course_llm.proxy.callback.logger"]
     assert config["general_settings"]["master_key"] == "os.environ/LITELLM_MASTER_KEY"
+    assert config["general_settings"]["trusted_proxy_ranges"] == []  # X-Forwarded-For not trusted
 
 
 def test_checked_in_proxy_config_matches_the_registry() -> None:

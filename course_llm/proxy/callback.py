@@ -7,6 +7,8 @@ LiteLLM imports this module while it loads its config, in `course-llm serve` and
 `litellm --config` alike, so this is where the proxy process starts masking secrets
 (course_llm/recording/secrets.py): in LiteLLM's, uvicorn's and our own log lines, and in every
 row, for each credential the config uses, the master key and the database password.
+
+It also quiets LiteLLM's proxy log where course_llm logs better (course_llm/proxy/proxy_log.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import structlog
 import yaml
 
 from course_llm.proxy.hooks import proxy_logger
+from course_llm.proxy.proxy_log import install_quiet_proxy_log
 from course_llm.recording.log_masking import install_log_masking
 from course_llm.recording.secrets import register_secrets, secret_values_from, secret_values_from_proxy_config
 from course_llm.settings import Settings
@@ -52,3 +55,4 @@ def register_proxy_secrets(settings: Settings) -> None:
 install_log_masking()
 register_proxy_secrets(Settings())
 logger = proxy_logger()
+install_quiet_proxy_log(logger.has_failed_attempts)

@@ -14,7 +14,9 @@ attempt, it
   extra usage chunk from clients that did not ask for it, and records each streamed attempt
   before the stream ends (course_llm/proxy/streams.py);
 - flushes pending rows when the proxy shuts down (SIGTERM included), in `course-llm serve` and in
-  plain `litellm --config proxy_config.yaml` alike.
+  plain `litellm --config proxy_config.yaml` alike;
+- logs a request whose every model failed as one `llm_request_failed` line listing its attempts,
+  in place of LiteLLM's traceback of the last one (course_llm/proxy/proxy_log.py).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from course_llm.proxy.guard import (
     request_refusal,
     unknown_model_reason,
 )
+from course_llm.proxy.proxy_log import CURRENT_REQUEST, log_all_failed
 from course_llm.proxy.streams import StreamAttempts, StreamWatch, recorded_stream
 from course_llm.recording.callback import (
     REQUEST_ID_KEY,
@@ -67,6 +70,13 @@ _TEXT_COMPLETION = frozenset({"atext_completion", "text_completion"})
 _SNAPSHOT_EXTRAS = frozenset({"client_side_timeout"})
 
 _instance: ProxyLogger | None = None
+#: Databases this process has upgraded already (`course-llm serve` does, before the proxy starts).
+_upgraded: set[str] = set()
+
+
+def database_upgraded(url: str) -> None:
+    """Say that the database at `url` is at the latest schema: the row writer skips its upgrade."""
+    _upgraded.add(url)
 
 
 def proxy_logger() -> ProxyLogger:
@@ -123,7 +133,7 @@ class ProxyLogger(CallLogger):
                 fsync=self.settings.journal_fsync,
                 max_queue=self.settings.log_queue_size,
                 # Plain `litellm --config` never ran `course-llm db upgrade`: migrate first.
-                prepare=lambda: upgrade_database_async(url),
+                prepare=None if url in _upgraded else (lambda: upgrade_database_async(url)),
             )
         return self._writer
 
@@ -193,6 +203,7 @@ class ProxyLogger(CallLogger):
             metadata.pop(key)
         metadata[REQUEST_ID_KEY] = request_id
         metadata[_ADMITTED] = self._admission
+        CURRENT_REQUEST.set(request_id)  # for the log lines LiteLLM writes about this request
         if "tags" in metadata and not _is_string_list(metadata["tags"]):
             metadata[TAGS_KEY] = metadata["tags"]
             metadata["tags"] = litellm_tags(metadata["tags"])
@@ -230,7 +241,12 @@ class ProxyLogger(CallLogger):
             last.action, last.strategy, request_id, [a.as_failed_attempt() for a in attempts]
         )
         status = last.status_code or status_code_of(original_exception) or 502
+        log_all_failed(error, status)
         return HTTPException(status_code=status, detail=str(error))
+
+    def has_failed_attempts(self, request_id: str) -> bool:
+        """Whether attempts of this request failed and it has not succeeded (yet)."""
+        return bool(self._failures.get(request_id))
 
     async def async_post_call_response_headers_hook(
         self,

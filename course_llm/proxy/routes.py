@@ -1,9 +1,10 @@
 """course_llm's HTTP routes and request guard, mounted on LiteLLM's proxy app by `course-llm serve`.
 
 The usage API, /metrics and /dashboard read the same database the ProxyLogger writes to, and
-answer only to the proxy's master key. With `--mock`, the offline upstream is mounted too.
+answer only to the proxy's master key. (The offline upstream of `--mock` is a server of its own:
+course_llm/proxy/serve.py.)
 
-`_RequestGuard` stands in front of LiteLLM's endpoints (DESIGN.md, "Untrusted clients"). LiteLLM
+`_RequestGuard` stands in front of LiteLLM's endpoints (docs/architecture.md, "Untrusted clients"). LiteLLM
 authenticates a request and parses its body before any hook runs, and its refusals there go
 through its failure logging (a row, for a one-model chain) and, for a refused body, through an
 error path that imports `prisma` (a bare 500). So the guard answers first: a chat or text
@@ -308,7 +309,7 @@ async def unhandled_error(request: Any, exc: Exception) -> JSONResponse:
     return JSONResponse(refusal.body(), status_code=refusal.status)
 
 
-def mount_routes(app: Any, *, mock: bool = False) -> None:
+def mount_routes(app: Any) -> None:
     logger = proxy_logger()
     # Innermost, next to the routes: refusals still get LiteLLM's CORS and security headers, and
     # every exception from an endpoint passes through the guard before the server's last resort.
@@ -324,10 +325,6 @@ def mount_routes(app: Any, *, mock: bool = False) -> None:
 
     app.include_router(health)
     app.add_middleware(_ReadinessGuard, logger=logger)
-    if mock:
-        from course_llm.proxy.mock import create_mock_router
-
-        app.include_router(create_mock_router())
     try:
         from course_llm.proxy.usage_api import create_usage_router
 

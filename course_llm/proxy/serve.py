@@ -1,23 +1,36 @@
 """`course-llm serve`: compile the registry, upgrade the database, run the LiteLLM proxy.
 
 The proxy runs in this process (uvicorn over LiteLLM's FastAPI app), so course_llm can mount its
-own routes next to LiteLLM's: the usage API, /metrics and /dashboard, and with `--mock` the offline
-upstream. The compiled config goes to a private temporary directory and LiteLLM reads it from
-CONFIG_FILE_PATH at start-up, exactly as `litellm --config` would.
+own routes next to LiteLLM's: the usage API, /metrics and /dashboard. The compiled config goes to a
+private temporary directory and LiteLLM reads it from CONFIG_FILE_PATH at start-up, exactly as
+`litellm --config` would. The database is upgraded here, once; the proxy's row writer is told so.
+
+With `--mock`, the offline upstream (course_llm/proxy/mock.py) is a second, small uvicorn server
+in the same event loop, on a loopback port of its own. It takes no signals: on SIGTERM the proxy
+stops accepting connections and finishes its in-flight requests (retries and fallbacks to the
+mock included) while the mock keeps answering; the process ends after that. `[mock-delay 2s]`
+in a prompt makes the mock wait that long before each attempt answers, to try timeouts and
+shutdowns with requests in flight.
+
+With no LITELLM_MASTER_KEY, `--mock` on a loopback address uses the fixed development key
+`sk-course-llm-dev` (DEV_KEY), so the README's examples work as written after `make run`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextlib
 import ipaddress
 import os
-import secrets
+import re
 import shutil
 import socket
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -26,6 +39,9 @@ from course_llm.errors import CourseLLMError
 from course_llm.routing.compiler import compile_proxy_config, render_proxy_config
 from course_llm.routing.registry import load_registry
 from course_llm.settings import Settings
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = structlog.get_logger()
 
@@ -41,11 +57,16 @@ class ServePlan:
     config_path: Path
     host: str
     port: int
-    master_key: str
-    generated_key: bool
+    master_key: str = field(repr=False)
+    dev_key: bool
     mock: bool
     database: str
     journal: str = ""
+    #: The database URL as configured (with its password) and whether it is migrated already.
+    database_url: str = field(default="", repr=False)
+    database_migrated: bool = False
+    #: The listening socket of the mock upstream (`--mock` only).
+    mock_socket: socket.socket | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -67,7 +88,13 @@ def _check_port(host: str, port: int) -> None:
             raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
+#: The key of `serve --mock` (and so `make run`) when LITELLM_MASTER_KEY is not set. It is public
+#: on purpose: the mock answers offline, and only on a loopback address.
+DEV_KEY = "sk-course-llm-dev"
+
+
 def _master_key(settings: Settings, host: str, mock: bool) -> tuple[str, bool]:
+    """The key clients must send, and whether it is the development key."""
     if settings.master_key is not None and settings.master_key.get_secret_value():
         return settings.master_key.get_secret_value(), False
     if not is_loopback(host):
@@ -76,10 +103,11 @@ def _master_key(settings: Settings, host: str, mock: bool) -> tuple[str, bool]:
         raise ServeError(
             "set LITELLM_MASTER_KEY (the key clients send as Bearer token), or use --mock to try it"
         )
-    return f"sk-course-llm-{secrets.token_urlsafe(18)}", True
+    return DEV_KEY, True
 
 
-def _upgrade_database(url: str) -> None:
+def _upgrade_database(url: str) -> bool:
+    """Migrate the database; False when it is unreachable now (the proxy serves all the same)."""
     from course_llm.db import is_transient_db_error, redact_url, upgrade_database
 
     try:
@@ -87,8 +115,19 @@ def _upgrade_database(url: str) -> None:
     except Exception as exc:
         if not is_transient_db_error(exc):
             raise ServeError(f"cannot migrate {redact_url(url)}: {str(exc).splitlines()[0]}") from None
-        # The proxy still serves; rows wait in the spool until the database is back and migrated.
+        # The proxy still serves; rows wait in the journal until the database is back, and the row
+        # writer migrates it first.
         log.error("database_unavailable_at_start", database=redact_url(url), error=str(exc).splitlines()[0])
+        return False
+    return True
+
+
+def _loopback_listener() -> socket.socket:
+    """A socket on a free loopback port, bound now so the port is known before the config is."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    return listener
 
 
 def prepare(settings: Settings, *, registry_path: Path | None, host: str, port: int, mock: bool) -> ServePlan:
@@ -98,19 +137,22 @@ def prepare(settings: Settings, *, registry_path: Path | None, host: str, port: 
     configure_environment()
     path = registry_path or settings.registry_path
     registry = load_registry(path)
-    key, generated = _master_key(settings, host, mock)
+    key, dev_key = _master_key(settings, host, mock)
     _check_port(host, port)
-    _upgrade_database(settings.database_url)
+    migrated = _upgrade_database(settings.database_url)
     config = compile_proxy_config(
         registry,
         max_attempts=settings.max_attempts,
         fallback_strategy=settings.fallback_strategy,
         timeout_s=settings.request_timeout_s,
     )
+    mock_socket = None
     if mock:
         from course_llm.proxy.mock import MOCK_PATH, mock_proxy_config
 
-        config = mock_proxy_config(config, f"http://127.0.0.1:{port}{MOCK_PATH}")
+        mock_socket = _loopback_listener()
+        mock_port = mock_socket.getsockname()[1]
+        config = mock_proxy_config(config, f"http://127.0.0.1:{mock_port}{MOCK_PATH}")
     runtime = Path(tempfile.mkdtemp(prefix="course-llm-serve-"))
     atexit.register(shutil.rmtree, runtime, ignore_errors=True)
     config_path = runtime / "proxy_config.yaml"
@@ -120,10 +162,13 @@ def prepare(settings: Settings, *, registry_path: Path | None, host: str, port: 
         host,
         port,
         key,
-        generated,
+        dev_key,
         mock,
         redact_url(settings.database_url),
         str(settings.journal_path),
+        database_url=settings.database_url,
+        database_migrated=migrated,
+        mock_socket=mock_socket,
     )
 
 
@@ -133,35 +178,173 @@ def build_app(plan: ServePlan) -> Any:
     os.environ["CONFIG_FILE_PATH"] = str(plan.config_path)
     from litellm.proxy.proxy_server import app
 
+    from course_llm.proxy.hooks import database_upgraded
     from course_llm.proxy.routes import mount_routes
 
-    mount_routes(app, mock=plan.mock)
+    if plan.database_migrated:
+        database_upgraded(plan.database_url)  # before mount_routes builds the row writer
+    mount_routes(app)
     return app
 
 
 _EXAMPLE_BODY = '{"model": "text_processing", "messages": [{"role": "user", "content": "hi"}]}'
 
 
+def _client_host(host: str) -> str:
+    """The address a client on this machine uses to reach a server listening on `host`."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
 def banner(plan: ServePlan) -> str:
-    """What to tell the person who started the proxy. A key they set themselves is never printed."""
-    url = f"http://{plan.host}:{plan.port}"
-    key = plan.master_key if plan.generated_key else "$LITELLM_MASTER_KEY"
+    """What to tell the person who started the proxy. A key they set themselves is never printed.
+
+    The "try" line runs as printed in a POSIX shell: the key sits in double quotes, so
+    `$LITELLM_MASTER_KEY` expands, and the JSON body in single quotes."""
+    url = f"http://{_client_host(plan.host)}:{plan.port}"
+    key = plan.master_key if plan.dev_key else "$LITELLM_MASTER_KEY"
     lines = [
         f"course_llm proxy on {url}  ({'offline mock answers' if plan.mock else 'real providers'})",
         f"  database   {plan.database}",
         f"  journal    {plan.journal}.*  (rows wait here until they are in the database)",
-        f"  key        {plan.master_key}  (generated for this run; set LITELLM_MASTER_KEY to choose)"
-        if plan.generated_key
+        f"  key        {plan.master_key}  (the development key; set LITELLM_MASTER_KEY to choose one)"
+        if plan.dev_key
         else "  key        from LITELLM_MASTER_KEY",
-        f"  try        curl {url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
+        f'  try        curl {url}/v1/chat/completions -H "Authorization: Bearer {key}" '
         f"-H 'Content-Type: application/json' -d '{_EXAMPLE_BODY}'",
         f"  rows       course-llm calls   |   {url}/dashboard",
     ]
     return "\n".join(lines)
 
 
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_DELAY = re.compile(rb"\[mock-delay\s+(\d+(?:\.\d+)?)\s*(ms|s)?\]")
+#: The longest `[mock-delay …]` honoured: a prompt cannot hold the mock for longer.
+MAX_MOCK_DELAY_S = 60.0
+
+
+def mock_delay_s(body: bytes) -> float:
+    """The delay a `[mock-delay 2s]` (or `500ms`) directive in a request body asks for."""
+    found = _DELAY.search(body)
+    if found is None:
+        return 0.0
+    seconds = float(found.group(1)) / (1000 if found.group(2) == b"ms" else 1)
+    return min(seconds, MAX_MOCK_DELAY_S)
+
+
+class _MockDelay:
+    """ASGI middleware of the mock upstream: waits as long as the request's directive says."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            more = bool(message.get("more_body"))
+        body = b"".join(chunks)
+        delay = mock_delay_s(body)
+        if delay:
+            await asyncio.sleep(delay)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def mock_upstream_app() -> Any:
+    """The offline upstream of `--mock`: mock.py's OpenAI-compatible routes, with delays."""
+    from fastapi import FastAPI
+
+    from course_llm.proxy.mock import create_mock_router
+
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app.include_router(create_mock_router())
+    app.add_middleware(_MockDelay)
+    return app
+
+
 def run(plan: ServePlan) -> None:
+    """Serve until SIGTERM or SIGINT; then finish in-flight requests and flush every row."""
     import uvicorn
 
     app = build_app(plan)
-    uvicorn.run(app, host=plan.host, port=plan.port, log_level="warning", timeout_graceful_shutdown=30)
+    config = uvicorn.Config(
+        app, host=plan.host, port=plan.port, log_level="warning", timeout_graceful_shutdown=30
+    )
+    runtime = plan.config_path.parent
+
+    class ProxyServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises SIGTERM/SIGINT when the server has stopped, which ends the process
+            # before atexit runs: remove the runtime config directory first.
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    shutil.rmtree(runtime, ignore_errors=True)
+
+    proxy = ProxyServer(config)
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(_serve(proxy, plan.mock_socket))
+    if not proxy.started:  # uvicorn logged why (as `uvicorn.run` does, exit with its code 3)
+        raise SystemExit(3)
+
+
+class _QuietServer:
+    """Mixin for a uvicorn server that leaves the process's signals to the proxy's server."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _serve(proxy: uvicorn.Server, mock_socket: socket.socket | None) -> None:
+    """Run the proxy; with `--mock`, the mock upstream first, stopped only after the proxy.
+
+    On a signal, uvicorn shuts the proxy down gracefully (in-flight requests, then LiteLLM's
+    shutdown, which flushes the rows) and then re-raises the signal, which ends the process: the
+    mock upstream answers until then."""
+    if mock_socket is None:
+        await proxy.serve()
+        return
+    import uvicorn
+
+    class MockServer(_QuietServer, uvicorn.Server):
+        pass
+
+    upstream = MockServer(
+        uvicorn.Config(mock_upstream_app(), log_config=None, log_level="warning", lifespan="off")
+    )
+    task = asyncio.create_task(upstream.serve(sockets=[mock_socket]))
+    while not upstream.started and not task.done():
+        await asyncio.sleep(0.01)
+    if task.done():
+        task.result()  # its exception, if it has one
+        raise ServeError("the mock upstream stopped at start-up")
+    try:
+        await proxy.serve()
+    finally:
+        upstream.should_exit = True
+        await task

@@ -11,6 +11,12 @@ Permanent errors (400, 401, 403, 404) are never retried: `course_llm._litellm` i
 because LiteLLM's own `retry_policy` classifies by exception class, not by status code.
 Cooldowns are off: every request walks its chain in order, so each attempt is a row and the
 chain a user configured is the chain that runs. `disable_provider` is the run-time switch.
+
+Prices: a call costs its tokens times the registry's `cost_per_1k`, whatever the provider
+caches. So each deployment carries the input price for cached prompt tokens too (cache reads and
+cache writes). LiteLLM asks for those two prices on every model missing from its own cost map,
+and without them warns at every start-up (`register_model … cache cost`) and prices cached
+tokens at 0.
 """
 
 from __future__ import annotations
@@ -50,12 +56,16 @@ def _per_token(per_1k: float) -> float:
 
 
 def _deployment(action: str, strategy: str, order: int, model: ModelConfig) -> dict[str, Any]:
+    input_per_token = _per_token(model.cost_per_1k.input)
     params: dict[str, Any] = {
         "model": model.litellm_model,
         "api_key": f"os.environ/{model.key_env}",
         "order": order,
-        "input_cost_per_token": _per_token(model.cost_per_1k.input),
+        "input_cost_per_token": input_per_token,
         "output_cost_per_token": _per_token(model.cost_per_1k.output),
+        # Cached prompt tokens are prompt tokens at the registry's price (module docstring).
+        "cache_read_input_token_cost": input_per_token,
+        "cache_creation_input_token_cost": input_per_token,
     }
     if model.api_base:
         params["api_base"] = model.api_base
@@ -153,7 +163,13 @@ def compile_proxy_config(
             # dropped rather than failing the attempt.
             "drop_params": True,
         },
-        "general_settings": {"master_key": MASTER_KEY_REF, "custom_auth": PROXY_AUTH},
+        "general_settings": {
+            "master_key": MASTER_KEY_REF,
+            "custom_auth": PROXY_AUTH,
+            # Clients connect directly: X-Forwarded-For is not trusted. Saying so (rather than
+            # leaving it unset, which LiteLLM treats the same) spares a warning at every start.
+            "trusted_proxy_ranges": [],
+        },
     }
 
 
