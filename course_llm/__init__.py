@@ -1,6 +1,6 @@
 """course_llm: route LLM calls by task and strategy through LiteLLM, and record every attempt.
 
-The public API is what `__all__` lists (tests/test_public_api.py pins it); see DESIGN.md.
+The public API is what `__all__` lists (tests/test_public_api.py pins it); see docs/architecture.md.
 Importing the package does no work: LiteLLM, the database and the registry load on first use.
 """
 

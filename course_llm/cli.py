@@ -1,12 +1,16 @@
 """The `course-llm` command line. Commands parse options, call the library and print.
 
-User mistakes (a bad registry, an unknown filter, an unreachable database) print one line on
-stderr and exit 1; no tracebacks. What is printed is printed literally (course_llm/cli_output.py):
+User mistakes (a bad registry, an unknown filter, an unreachable or missing database) print one
+line on stderr and exit 1; no tracebacks. Every command works from any directory: without a
+`config/models.yaml` there, the registry shipped with the package is used (`check` says which),
+and the reporting commands never create a database: they only read one that `course-llm serve`
+or `course-llm db upgrade` made. What is printed is printed literally (course_llm/cli_output.py):
 stored values and paths are never read as Rich markup.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -30,7 +34,7 @@ from course_llm.recording.log_masking import install_log_masking
 from course_llm.recording.secrets import register_secrets, secret_values_from
 from course_llm.routing.compiler import compile_proxy_config, render_proxy_config
 from course_llm.routing.registry import Registry, load_registry
-from course_llm.settings import Settings
+from course_llm.settings import Settings, is_packaged_registry, sqlite_file
 
 app = typer.Typer(help="Route LLM calls by task and strategy, and see what they cost.", no_args_is_help=True)
 db_app = typer.Typer(help="Database commands.", no_args_is_help=True)
@@ -39,7 +43,9 @@ app.add_typer(db_app, name="db")
 RegistryOption = Annotated[
     Path | None,
     typer.Option(
-        "--registry", help="registry YAML (default: $COURSE_LLM_REGISTRY_PATH or config/models.yaml)"
+        "--registry",
+        help="registry YAML (default: $COURSE_LLM_REGISTRY_PATH, else config/models.yaml when the "
+        "working directory has one, else the registry shipped with course_llm)",
     ),
 ]
 
@@ -62,8 +68,19 @@ def user_errors(*extra: type[Exception]) -> Iterator[None]:
         fail(str(exc))
 
 
+def _settings() -> Settings:
+    """The settings from the environment; a bad value is one line naming its variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else ""
+        variable = "LITELLM_MASTER_KEY" if field == "LITELLM_MASTER_KEY" else f"COURSE_LLM_{field.upper()}"
+        fail(f"{variable}: {error['msg']}")
+
+
 def _registry(path: Path | None) -> tuple[Registry, Path]:
-    registry_path = path or Settings().registry_path
+    registry_path = path or _settings().registry_path
     return load_registry(registry_path), registry_path
 
 
@@ -73,7 +90,8 @@ def check(registry: RegistryOption = None) -> None:
     with user_errors():
         loaded, path = _registry(registry)
     out.print(chains_table(loaded, f"{path}: {len(loaded.models)} models, {len(loaded.actions)} actions"))
-    succeeded("registry OK")
+    shipped = " (the default shipped with course_llm)" if is_packaged_registry(path) else ""
+    succeeded(f"registry OK: {path}{shipped}")
 
 
 @app.command("compile")
@@ -84,7 +102,7 @@ def compile_command(
     ),
 ) -> None:
     """Write the LiteLLM proxy config compiled from the registry."""
-    settings = Settings()
+    settings = _settings()
     with user_errors():
         loaded, path = _registry(registry)
     config = compile_proxy_config(
@@ -110,7 +128,7 @@ def serve(
     """Run the LiteLLM proxy with course_llm routing, logging, usage API and dashboard."""
     from course_llm.proxy import serve as proxy
 
-    settings = Settings()
+    settings = _settings()
     with user_errors(OSError):
         plan = proxy.prepare(settings, registry_path=registry, host=host, port=port, mock=mock)
     out.print(proxy.banner(plan), soft_wrap=True)
@@ -122,26 +140,41 @@ def db_upgrade() -> None:
     """Migrate the configured database ($COURSE_LLM_DATABASE_URL) to the latest schema."""
     from course_llm.db import redact_url, upgrade_database
 
-    url = Settings().database_url
+    url = _settings().database_url
     with user_errors(OSError, ConnectionError):
-        _run_db(lambda: upgrade_database(url))
+        _run_db(lambda: upgrade_database(url), url)
     out.print(f"database {redact_url(url)} is up to date")
 
 
-def _run_db(action: Callable[[], Any]) -> Any:
+#: How SQLite and PostgreSQL say that llm_calls is missing (a database nobody migrated).
+_NO_TABLE = re.compile(r"no such table: llm_calls|relation \"llm_calls\" does not exist")
+
+
+def _run_db(action: Callable[[], Any], url: str) -> Any:
     """Run a database action, reporting driver errors as one line (they carry no secrets we print)."""
-    from course_llm.db import is_database_error
+    from course_llm.db import is_database_error, redact_url
 
     try:
         return action()
     except Exception as exc:
         if is_database_error(exc):
+            if _NO_TABLE.search(str(exc)):
+                where = sqlite_file(url) or redact_url(url)
+                fail(f"database {where} has no llm_calls table: run `course-llm db upgrade` first")
             fail(f"database error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
         raise
 
 
+def _require_database(url: str) -> None:
+    """Fail with one line when `url` is an SQLite file that does not exist: opening it would
+    create an empty one, and the reporting commands only read."""
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        fail(f"no database at {path.absolute()}: run `course-llm serve` or `course-llm db upgrade` first")
+
+
 # --- usage reports: calls, usage, export ---------------------------------------------------------
-# The same filters as the HTTP API (DESIGN.md, "Usage reporting — contract"); values are parsed by
+# The same filters as the HTTP API (docs/architecture.md, "Usage reporting"); values are parsed by
 # course_llm.reporting.usage, so both reject the same input with the same message.
 
 SinceOption = Annotated[str | None, typer.Option(help="from this time on: ISO 8601 (naive = UTC) or 24h, 7d")]
@@ -154,11 +187,16 @@ ModelOption = Annotated[str | None, typer.Option("--model-id", "--model", help="
 StatusOption = Annotated[str | None, typer.Option(help="success or error")]
 TenantOption = Annotated[str | None, typer.Option("--tenant-id", "--tenant", help="only this tenant id")]
 OperationOption = Annotated[str | None, typer.Option(help="only this operation")]
-RequestOption = Annotated[str | None, typer.Option("--request-id", help="only this request's attempts")]
+RequestOption = Annotated[
+    str | None,
+    typer.Option(
+        "--request-id", help="only this request's attempts (its full id, or a unique prefix of 8+ characters)"
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON (the HTTP API's shape)")]
 GROUP_BY_HELP = (
     "comma-separated keys: action, strategy, served_strategy, provider, model_id, tenant_id, operation, "
-    "day; blank for totals only"
+    "end_user, error_class, hour, day; blank for totals only"
 )
 
 
@@ -176,12 +214,14 @@ def _filters(options: dict[str, Any]) -> Any:
 
 
 def _query(run: Callable[[Any], Any]) -> Any:
-    """`await run(session_factory)` on the configured database, then close it; DB errors: one line."""
+    """`await run(session_factory)` on the configured database, then close it. Database errors, and
+    course_llm errors the query raises (an ambiguous request id prefix, …), print one line."""
     import asyncio
 
     from course_llm.db import create_session_factory, dispose_session_factory, redact_url
 
-    url = Settings().database_url
+    url = _settings().database_url
+    _require_database(url)
 
     async def main() -> Any:
         factory = create_session_factory(url)
@@ -191,7 +231,8 @@ def _query(run: Callable[[Any], Any]) -> Any:
             await dispose_session_factory(factory)
 
     try:
-        return _run_db(lambda: asyncio.run(main()))
+        with user_errors():
+            return _run_db(lambda: asyncio.run(main()), url)
     except OSError as exc:  # asyncpg reports a refused connection as a bare OSError
         fail(f"cannot reach the database {redact_url(url)}: {exc}")
 
@@ -304,8 +345,4 @@ def export(
 
 
 def main() -> None:  # pragma: no cover - console script entry
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
     app()

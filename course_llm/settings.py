@@ -1,6 +1,12 @@
 """Runtime settings, read from the environment (prefix COURSE_LLM_) by pydantic-settings.
 
 Settings are built in entry points and passed down; nothing here runs at import.
+
+The registry defaults to `config/models.yaml` in the working directory when there is one, else to
+the registry shipped with the package (`default_registry_path`), so the CLI and the facade work
+from any directory. The database defaults to `course_llm.db` in the working directory;
+`sqlite_file` tells where an SQLite URL keeps its data, so callers can check that it exists
+before opening it (opening an SQLite file creates it).
 """
 
 from __future__ import annotations
@@ -15,6 +21,11 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///course_llm.db"
+#: The registry a project keeps next to its code (relative to the working directory).
+PROJECT_REGISTRY = Path("config/models.yaml")
+
+#: course_llm/ (this file is course_llm/settings.py).
+_PACKAGE_DIR = Path(__file__).resolve().parent
 
 _DRIVER_REWRITES = {
     "postgres://": "postgresql+asyncpg://",
@@ -41,7 +52,10 @@ class Settings(BaseSettings):
     database_url: str = Field(
         DEFAULT_DATABASE_URL, description="SQLAlchemy URL; postgresql:// is rewritten to asyncpg"
     )
-    registry_path: Path = Field(Path("config/models.yaml"), description="the model registry YAML")
+    registry_path: Path = Field(
+        default_factory=lambda: default_registry_path(),
+        description="the model registry YAML (default: config/models.yaml if present, else the shipped one)",
+    )
     max_attempts: int = Field(2, ge=1, le=10, description="attempts per model on transient errors")
     fallback_strategy: str | None = Field(None, description="strategy tried after the default chain")
     request_timeout_s: float = Field(600.0, gt=0, description="timeout of one upstream attempt")
@@ -58,6 +72,10 @@ class Settings(BaseSettings):
         10_000,
         ge=100,
         description="rows held in memory; beyond that the writer reads them back from the journal",
+    )
+    mock: bool = Field(
+        False,
+        description="answer every model offline with the mock of `serve --mock` (no API keys, no network)",
     )
     master_key: SecretStr | None = Field(
         None, validation_alias="LITELLM_MASTER_KEY", description="the proxy's key (LITELLM_MASTER_KEY)"
@@ -80,6 +98,39 @@ class Settings(BaseSettings):
         return self.spool_path or default_journal_path(self.database_url)
 
 
+def packaged_registry_path(package_dir: Path | None = None) -> Path:
+    """The registry shipped with course_llm: `<package>/_registry/models.yaml` in an installed wheel
+    (pyproject's hatch force-include copies `config/models.yaml` there), else the checkout's
+    `config/models.yaml` next to the package (editable install, bare checkout)."""
+    package = _PACKAGE_DIR if package_dir is None else package_dir
+    shipped = package / "_registry" / "models.yaml"
+    return shipped if shipped.is_file() else package.parent / "config" / "models.yaml"
+
+
+def default_registry_path() -> Path:
+    """`config/models.yaml` when the working directory has one, else the shipped registry."""
+    if PROJECT_REGISTRY.is_file():
+        return PROJECT_REGISTRY
+    shipped = packaged_registry_path()
+    return shipped if shipped.is_file() else PROJECT_REGISTRY
+
+
+def is_packaged_registry(path: Path) -> bool:
+    """True when `path` is the registry shipped with course_llm (not a project's own)."""
+    try:
+        return path.resolve() == packaged_registry_path().resolve()
+    except OSError:
+        return False
+
+
+def sqlite_file(database_url: str) -> Path | None:
+    """The file an SQLite URL keeps its data in; None for in-memory databases and other servers."""
+    match = re.match(r"^sqlite(?:\+\w+)?:///(?P<path>[^?]+)", database_url)
+    if not match or match["path"] in (":memory:", "") or match["path"].startswith("file:"):
+        return None
+    return Path(match["path"]).expanduser()
+
+
 def default_journal_path(database_url: str) -> Path:
     """Where the journal lives unless COURSE_LLM_SPOOL_PATH says otherwise.
 
@@ -88,9 +139,9 @@ def default_journal_path(database_url: str) -> Path:
     derived from the URL, so that two projects on one machine never replay into each other
     (credentials left out: rotating a password must not orphan the journal).
     """
-    match = re.match(r"^sqlite(?:\+\w+)?:///(?P<path>[^?]+)", database_url)
-    if match and match["path"] not in (":memory:", ""):
-        return Path(match["path"]).expanduser().absolute().with_name(Path(match["path"]).name + ".journal")
+    database = sqlite_file(database_url)
+    if database is not None:
+        return database.absolute().with_name(database.name + ".journal")
     state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
     digest = hashlib.sha256(re.sub(r"//[^@/]*@", "//", database_url).encode()).hexdigest()[:12]
     return state / "course_llm" / f"{digest}.journal"

@@ -508,6 +508,9 @@ def test_the_built_wheel_ships_migrations_that_upgrade_a_database(tmp_path: Path
         "course_llm/_alembic/script.py.mako",
         "course_llm/_alembic/versions/0001_create_llm_calls.py",
         "course_llm/db/migrate.py",
+        "course_llm/_registry/models.yaml",  # the default registry, for a CLI run from any directory
+        "course_llm/proxy/static/dashboard.js",
+        "course_llm/proxy/static/dashboard_tables.js",
     } <= names
 
     # Unpacked, the wheel is an installed package: upgrade a database using only its own files.

@@ -1,13 +1,18 @@
-"""`course-llm serve --mock`: every model answers offline from a fake OpenAI endpoint on the proxy.
+"""`course-llm serve --mock`: every model answers offline from a fake OpenAI endpoint.
 
 The compiled config is rewritten so every deployment calls `openai/<model id>` at
-`http://127.0.0.1:<port>/_mock/v1` on the proxy itself. Requests still travel the real path
-(LiteLLM Router, retries, fallbacks, logging, streaming with usage); rows keep the registry's
-provider, model id and prices. Token counts are estimated from the text (about 4 characters a
-token), so costs look like real ones.
+`http://127.0.0.1:<mock port>/_mock/v1`, a small server that `course-llm serve` runs next to the
+proxy (course_llm/proxy/serve.py) and stops only after the proxy has drained, so requests in
+flight at SIGTERM still reach it; `[mock-delay 2s]` in a prompt delays each attempt. Requests
+still travel the real path (LiteLLM Router, retries, fallbacks, logging, streaming with usage);
+rows keep the registry's provider, model id and prices. Token counts are estimated from the text
+(about 4 characters a token), so costs look like real ones.
 
-To try fallbacks, make models fail: `COURSE_LLM_MOCK_FAIL="gemini-2.5-flash=503,claude-sonnet=429"`
-in the environment, or a directive anywhere in the prompt: `[mock-fail gemini-2.5-flash=503]`.
+What each model says (canned text, JSON that fits a requested `json_schema`) and which models
+fail is decided by course_llm/routing/mock_answers.py, the same source the facade uses offline
+(COURSE_LLM_MOCK=1). To try fallbacks, make models fail:
+`COURSE_LLM_MOCK_FAIL="gemini-2.5-flash=503,claude-sonnet=429"` in the environment, or a
+directive anywhere in the prompt: `[mock-fail gemini-2.5-flash=503]`.
 """
 
 from __future__ import annotations
@@ -15,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import os
-import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,9 +27,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from course_llm.routing.mock_answers import answer
+
 MOCK_PATH = "/_mock/v1"
 MOCK_KEY = "course-llm-mock"
-_DIRECTIVE = re.compile(r"\[mock-fail\s+([^\]]+)\]")
 
 
 def mock_proxy_config(config: dict[str, Any], base_url: str) -> dict[str, Any]:
@@ -40,42 +44,6 @@ def mock_proxy_config(config: dict[str, Any], base_url: str) -> dict[str, Any]:
     return mocked
 
 
-def _failures(text: str) -> dict[str, int]:
-    failures: dict[str, int] = {}
-    sources = [os.environ.get("COURSE_LLM_MOCK_FAIL", ""), *_DIRECTIVE.findall(text)]
-    for source in sources:
-        for item in re.split(r"[,\s]+", source.strip()):
-            model, _, status = item.partition("=")
-            if model and status.isdigit():
-                failures[model] = int(status)
-    return failures
-
-
-def _tokens(text: str) -> int:
-    return max(1, len(text) // 4)
-
-
-def _text_of(messages: Any) -> str:
-    parts: list[str] = []
-    for message in messages if isinstance(messages, list) else []:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):
-            parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return "\n".join(parts)
-
-
-def _reply(model: str, prompt: str, wants_json: bool) -> str:
-    if wants_json:
-        return json.dumps({"model": model, "summary": "mock answer", "items": ["one", "two", "three"]})
-    first_line = prompt.strip().splitlines()[-1][:80] if prompt.strip() else ""
-    return (
-        f"[mock {model}] This is a canned answer so you can try course_llm without API keys. "
-        f"You asked: {first_line!r}. Every attempt of this request is in llm_calls."
-    )
-
-
 def create_mock_router() -> APIRouter:
     router = APIRouter(include_in_schema=False)
 
@@ -83,18 +51,16 @@ def create_mock_router() -> APIRouter:
     async def chat_completions(request: Request) -> Response:
         body = await request.json()
         model = str(body.get("model", "mock"))
-        prompt = _text_of(body.get("messages"))
-        status = _failures(prompt).get(model)
-        if status:
+        result = answer(model, body.get("messages"), body.get("response_format"))
+        if result.status is not None:
             error = {
-                "message": f"mock failure {status} for {model}",
+                "message": f"{result.error_message} for {model}",
                 "type": "mock_error",
-                "code": str(status),
+                "code": str(result.status),
             }
-            return JSONResponse({"error": error}, status_code=status)
-        wants_json = (body.get("response_format") or {}).get("type") in ("json_object", "json_schema")
-        text = _reply(model, prompt, wants_json)
-        usage = {"prompt_tokens": _tokens(prompt), "completion_tokens": _tokens(text)}
+            return JSONResponse({"error": error}, status_code=result.status)
+        text = result.text
+        usage = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         ident, created = f"chatcmpl-mock-{time.time_ns()}", int(time.time())
         if not body.get("stream"):

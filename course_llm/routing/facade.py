@@ -5,6 +5,9 @@ Router and registers the router with the process's one SDK CallLogger (`dispatch
 the rows of its calls to its background RecordWriter (when a session factory is given). Routing,
 retries and fallbacks are LiteLLM's, configured by the compiler; this module turns a request into
 a Router call and the outcome into an LLMResponse or an error.
+
+With `mock=True` (COURSE_LLM_MOCK=1) every deployment answers in-process from the mock of
+`serve --mock` (`offline.py`): same routing, same rows, no API keys and no network.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ from course_llm.recording.secrets import register_secrets, secret_values_from
 from course_llm.recording.writer import RecordWriter
 from course_llm.routing.compiler import compile_router_config, group_name, parse_deployment_id
 from course_llm.routing.dispatch import ROUTER_ID_KEY, SDK_ROUTER_TAG, router_dispatch
+from course_llm.routing.mock_answers import expected_model
+from course_llm.routing.offline import install_offline_provider, missing_keys_note, offline_router_config
+from course_llm.routing.quiet_logs import facade_call
 from course_llm.routing.registry import DEFAULT_STRATEGY, Registry, load_registry
 from course_llm.scope import current_scope
 from course_llm.settings import Settings
@@ -97,6 +103,7 @@ class ModelRouter:
         max_attempts: int = 2,
         fallback_strategy: str | None = None,
         timeout_s: float = 600.0,
+        mock: bool = False,
     ) -> None:
         if fallback_strategy is not None:
             known = {strategy for _, strategy, _ in registry.chains()}
@@ -109,6 +116,9 @@ class ModelRouter:
         self._max_attempts = max_attempts
         self._fallback_strategy = fallback_strategy
         self._timeout_s = timeout_s
+        self.mock = mock
+        if mock:
+            install_offline_provider()
         self._disabled: frozenset[str] = frozenset()
         self._id = f"router-{uuid.uuid4().hex}"
         self._failures: dict[str, list[CallRecord]] = {}
@@ -166,6 +176,8 @@ class ModelRouter:
             timeout_s=self._timeout_s,
             disabled_providers=self._disabled,
         )
+        if self.mock:
+            config = offline_router_config(config)
         groups = frozenset(d["model_name"] for d in config["model_list"])
         return self._litellm.Router(model_list=config["model_list"], **config["router_settings"]), groups
 
@@ -254,16 +266,22 @@ class ModelRouter:
         failures = self._failures[request_id] = []
         started = time.perf_counter()
         try:
-            response = await self._router.acompletion(
-                model=group,
-                messages=_messages(prompt, system_prompt),
-                metadata=call_metadata,  # a fresh dict per call: the Router mutates it
-                litellm_trace_id=request_id,
-                **params,
-            )
+            with facade_call():  # LiteLLM's log of a failed request would repeat our error at length
+                response = await self._router.acompletion(
+                    model=group,
+                    messages=_messages(prompt, system_prompt),
+                    metadata=call_metadata,  # a fresh dict per call: the Router mutates it
+                    litellm_trace_id=request_id,
+                    **params,
+                )
         except Exception as exc:
             attempts = [r.as_failed_attempt() for r in failures]
-            raise AllModelsFailedError(action, strategy, request_id, attempts, reason=str(exc)) from exc
+            error = AllModelsFailedError(action, strategy, request_id, attempts, reason=str(exc))
+            if not self.mock and (note := missing_keys_note(self.registry, [a.model_id for a in attempts])):
+                error.add_note(note)
+            # Every attempt is in `error.attempts`; LiteLLM's nested chain of the last one (often
+            # a hundred lines) adds nothing to print. It stays reachable as `__context__`.
+            raise error from None
         finally:
             self._failures.pop(request_id, None)
         return self._response(response, action, strategy, request_id, started)
@@ -312,7 +330,11 @@ class ModelRouter:
         )
         system = f"{system_prompt}\n\n{instruction}" if system_prompt else instruction
         params.setdefault("response_format", {"type": "json_object"})
-        response = await self.complete(action, prompt, strategy=strategy, system_prompt=system, **params)
+        expecting = expected_model.set(schema)  # lets the offline mock answer with a fitting object
+        try:
+            response = await self.complete(action, prompt, strategy=strategy, system_prompt=system, **params)
+        finally:
+            expected_model.reset(expecting)
         text = response.content
         match = _FENCE.match(text)
         try:
@@ -332,6 +354,8 @@ def create_model_router(
     registry: Registry | None = None,
 ) -> ModelRouter:
     """A ModelRouter over `settings.registry_path`; with a session factory every attempt is logged.
+
+    `settings.mock` (COURSE_LLM_MOCK=1) makes every model answer offline from the mock.
 
     `max_attempts` and `fallback_strategy` default to the settings' values (2 and none).
     """
@@ -355,6 +379,7 @@ def create_model_router(
         max_attempts=max_attempts if max_attempts is not None else settings.max_attempts,
         fallback_strategy=fallback_strategy if fallback_strategy is not None else settings.fallback_strategy,
         timeout_s=settings.request_timeout_s,
+        mock=settings.mock,
     )
 
 
