@@ -92,7 +92,9 @@ def _number(value: int | None) -> str:
 def calls_table(rows: list[dict[str, Any]]) -> Table:
     """`course-llm calls`: one line per attempt."""
     table = Table()
-    for name in ["time (UTC)", "request", "#", "action / strategy → served", "provider / model"]:
+    table.add_column("time (UTC)")
+    table.add_column("request", no_wrap=True, overflow="ignore")  # an id cut or folded is no id
+    for name in ["#", "action / strategy → served", "provider / model"]:
         table.add_column(name)
     for name in ["tokens in/out", "latency", "cost $"]:
         table.add_column(name, justify="right", overflow="fold")
@@ -106,9 +108,9 @@ def calls_table(rows: list[dict[str, Any]]) -> Table:
             status = Text(f"{row['status_code'] or '-'} {row['error_class'] or 'error'}", style="red")
         table.add_row(
             _text(str(row["created_at"])[:19].replace("T", " ")),
-            # The tail: request ids are uuid7, whose leading digits are a timestamp shared by
-            # every request of the same minute.
-            _text(str(row["request_id"])[-8:]),
+            # In full, as the dashboard and the JSON show it: any unique prefix of 8 or more
+            # characters of what is printed here is accepted by `--request-id`.
+            _text(row["request_id"]),
             _text(row["attempt"]),
             Text(f"{row['action']} / {strategy}"),
             Text(f"{row['provider']} / {row['model_id']}"),

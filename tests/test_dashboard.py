@@ -42,6 +42,7 @@ from course_llm.recording.records import CallRecord
 from course_llm.reporting.metrics import MetricsRecorder, create_metrics_router
 
 KEY = "sk-dashboard-test-key"
+SCRIPTS = ("dashboard_format.js", "dashboard_charts.js", "dashboard_tables.js", "dashboard.js")
 NOW = datetime.now(UTC).replace(microsecond=0)
 PALETTE = ["#2f6fdf", "#e8833a", "#23a37a", "#c8372d", "#8a5cd1", "#d4b106", "#17a2b8"]
 
@@ -50,7 +51,7 @@ CLAUDE, DEEPSEEK = ("anthropic", "claude-sonnet"), ("deepseek", "deepseek-chat")
 DAY, HOUR, SEC = timedelta(days=1), timedelta(hours=1), timedelta(seconds=1)
 
 # Costs are sums of powers of two so every total is exact. The last row is older than 30 days: it
-# shows in the all-time model table and with `since=` but not in the charts or the 30-day figures.
+# shows in a custom range reaching back far enough, but not in any figure of the 30-day range.
 # request, attempt, age, action, strategy asked, served, model, tokens in/out, latency ms, cost, failure
 ROWS = [
     ("req-a", 1, 2 * DAY, "video_analysis", "quality", "quality", PRO, None, None, 1200, None, 503),
@@ -309,7 +310,8 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def page(chromium: str, app_url: str, tmp_path_factory: pytest.TempPathFactory) -> Element:
     """The dashboard's DOM after it loaded with the right key and the default filters."""
-    return dump_dom(chromium, tmp_path_factory.mktemp("chromium"), f"{app_url}/dashboard#key={KEY}")
+    url = f"{app_url}/dashboard#key={KEY}&range=30d"
+    return dump_dom(chromium, tmp_path_factory.mktemp("chromium"), url)
 
 
 def _day(record: CallRecord) -> str:
@@ -340,8 +342,8 @@ def _get(url: str, key: str | None = None) -> tuple[int, str, bytes]:
 def test_dashboard_page_and_assets_are_served_without_a_key(app_url: str) -> None:
     status, content_type, body = _get(f"{app_url}/dashboard")
     assert (status, content_type) == (200, "text/html; charset=utf-8")
-    assert b'id="calls-table"' in body
-    for name, kind in (("dashboard.js", "text/javascript"), ("dashboard.css", "text/css")):
+    assert b'id="requests-table"' in body and b'id="calls-table"' in body
+    for name, kind in [*((name, "text/javascript") for name in SCRIPTS), ("dashboard.css", "text/css")]:
         status, content_type, _ = _get(f"{app_url}/dashboard/static/{name}")
         assert status == 200 and content_type.startswith(kind)
     assert _get(f"{app_url}/dashboard/static/..%2Fdashboard.py")[0] == 404
@@ -374,11 +376,12 @@ def test_cost_charts_have_one_bar_segment_per_seeded_day_and_series(page: Elemen
                 expected[(_day(r), getattr(r, key))] = (
                     expected.get((_day(r), getattr(r, key)), 0) + r.cost_usd
                 )
-        segments = {(rect.attrs["data-day"], rect.attrs["data-series"]): float(rect.attrs["data-cost"])
+        segments = {(rect.attrs["data-bucket"], rect.attrs["data-series"]): float(rect.attrs["data-cost"])
                     for rect in chart.select("rect")}  # fmt: skip
         assert segments == expected, chart_id
         assert chart.attrs["data-bars"] == str(len(expected))
-        assert chart.attrs["data-days"] == "30"
+        # 30 days back from now, in whole UTC days: the first day's part and today's make 31.
+        assert (chart.attrs["data-unit"], chart.attrs["data-buckets"]) == ("day", "31")
         legend = {span.attrs["data-series"]: span.text for span in chart.select("span")}
         per_series: dict[str, float] = {}
         for (_, series), cost in expected.items():
@@ -387,15 +390,22 @@ def test_cost_charts_have_one_bar_segment_per_seeded_day_and_series(page: Elemen
 
 
 @pytest.mark.browser
-def test_headline_figures_are_the_seeded_30_day_totals(page: Element) -> None:
+def test_headline_figures_are_the_seeded_30_day_totals_with_both_error_rates(page: Element) -> None:
     cost = sum(r.cost_usd or 0 for r in RECENT)
     assert cost == 2.1875
     assert page.by_id("kpi-cost").text == _usd(cost) == "$2.19"
     assert (_usd(0.5), _usd(0.125), _usd(0.0625)) == ("$0.50", "$0.125", "$0.0625")
     assert float(page.by_id("kpi-cost").attrs["data-value"]) == cost
-    assert page.by_id("kpi-calls").text == str(len(RECENT))
+    requests = {r.request_id for r in RECENT}
+    succeeded = {r.request_id for r in RECENT if r.success}
+    assert page.by_id("kpi-requests").text == str(len(requests)) == "6"
+    # Per request: only req-e never succeeded. Per attempt: req-a, req-e and req-f each lost one.
+    failed_requests = len(requests - succeeded)
+    assert page.by_id("kpi-request-error-rate").text == f"{failed_requests / len(requests) * 100:.1f}%"
+    assert page.by_id("kpi-request-error-rate-note").text == "1 of 6 requests failed"
     failures = sum(not r.success for r in RECENT)
-    assert page.by_id("kpi-error-rate").text == f"{failures / len(RECENT) * 100:.1f}%"
+    assert page.by_id("kpi-attempt-error-rate").text == f"{failures / len(RECENT) * 100:.1f}%"
+    assert page.by_id("kpi-attempt-error-rate-note").text == f"{failures} of {len(RECENT)} attempts failed"
     # Five requests succeeded in the window; req-a and req-f needed a second attempt.
     assert page.by_id("kpi-fallback-rate").text == f"{2 / 5 * 100:.1f}%"
     assert page.select("body")[0].attrs["data-state"] == "ready"
@@ -403,47 +413,70 @@ def test_headline_figures_are_the_seeded_30_day_totals(page: Element) -> None:
 
 
 @pytest.mark.browser
-def test_model_table_shows_latency_percentiles_for_all_time(page: Element) -> None:
+def test_model_table_covers_the_same_range_as_the_header(page: Element) -> None:
     rows = {
         tr.attrs["data-model"]: tr
         for tr in page.by_id("models-table").select("tr")
         if "data-model" in tr.attrs
     }
-    assert set(rows) == {r.model_id for r in seeded_records()}
-    flash = [r for r in seeded_records() if r.model_id == "gemini-2.5-flash"]
-    assert rows["gemini-2.5-flash"].select("td")[1].text == str(len(flash)) == "4"  # with the 45-day-old row
+    assert set(rows) == {r.model_id for r in RECENT}
+    flash = [r for r in RECENT if r.model_id == "gemini-2.5-flash"]
+    assert rows["gemini-2.5-flash"].select("td")[1].text == str(len(flash)) == "3"  # not the 45-day-old row
     claude = rows["claude-sonnet"]
     # claude-sonnet latencies: 8000 ms and 700 ms → continuous p50 4350 ms.
     assert claude.select("td", **{"class": "num p50"})[0].text == "4.35 s"
 
 
 @pytest.mark.browser
-def test_calls_table_lists_the_last_30_days_newest_first(page: Element) -> None:
-    rows = page.by_id("calls-table").select("tbody")[0].select("tr")
+def test_requests_view_lists_one_line_per_request_newest_first(page: Element) -> None:
+    rows = page.by_id("requests-table").select("tbody")[0].select("tr")
+    first_attempts = sorted((r for r in RECENT if r.attempt == 1), key=lambda r: r.created_at, reverse=True)
+    assert [tr.attrs["data-request-id"] for tr in rows] == [r.request_id for r in first_attempts]
+    by_id = {tr.attrs["data-request-id"]: tr for tr in rows}
+    # req-f: attempt 1 at -3 d (700 ms), attempt 2 one second later (1800 ms): 2.8 s end to end.
+    assert (by_id["req-f"].attrs["data-attempts"], by_id["req-f"].attrs["data-success"]) == ("2", "true")
+    assert by_id["req-f"].select("td", **{"class": "num latency"})[0].text == "2.80 s"
+    assert by_id["req-e"].attrs["data-success"] == "false"
+    assert [a.text for a in by_id["req-a"].select("a")] == ["req-a"]  # the id in full
+    assert page.by_id("page-info").text == "Page 1 of 1 · 6 requests"
+    assert "hidden" in page.by_id("calls-table").attrs
+
+
+@pytest.mark.browser
+def test_attempts_view_lists_the_range_newest_first(chromium: str, app_url: str, tmp_path: Path) -> None:
+    dom = dump_dom(chromium, tmp_path, f"{app_url}/dashboard#key={KEY}&range=30d&view=attempts")
+    rows = dom.by_id("calls-table").select("tbody")[0].select("tr")
     expected = sorted(RECENT, key=lambda r: r.created_at, reverse=True)
     assert [(tr.attrs["data-request-id"], tr.attrs["data-success"]) for tr in rows] == [
         (r.request_id, str(r.success).lower()) for r in expected
     ]
-    assert page.by_id("page-info").text == f"Page 1 of 1 · {len(RECENT)} calls"
+    assert dom.by_id("page-info").text == f"Page 1 of 1 · {len(RECENT)} attempts"
 
 
 @pytest.mark.browser
 def test_provider_error_text_is_shown_as_text_not_markup(page: Element) -> None:
     assert page.select("img", id="injected") == []
-    failed = [tr for tr in page.by_id("calls-table").select("tr") if tr.attrs.get("data-success") == "false"]
+    failed = [
+        tr for tr in page.by_id("requests-table").select("tr") if tr.attrs.get("data-success") == "false"
+    ]
     assert any(td.attrs.get("title") == HOSTILE_ERROR for tr in failed for td in tr.select("td"))
 
 
 @pytest.mark.browser
-def test_filters_in_the_url_reach_the_calls_table(chromium: str, app_url: str, tmp_path: Path) -> None:
-    dom = dump_dom(chromium, tmp_path, f"{app_url}/dashboard#key={KEY}&status=error&since=")
+def test_filters_in_the_url_reach_both_views(chromium: str, app_url: str, tmp_path: Path) -> None:
+    everything = "range=custom&from=2000-01-01T00:00&status=error"
+    dom = dump_dom(chromium, tmp_path, f"{app_url}/dashboard#key={KEY}&{everything}&view=attempts")
     rows = dom.by_id("calls-table").select("tbody")[0].select("tr")
     assert sorted(tr.attrs["data-request-id"] for tr in rows) == ["req-a", "req-e", "req-f"]
     assert all(tr.attrs["data-success"] == "false" for tr in rows)
+    # As a request outcome, `error` means no attempt succeeded: only req-e.
+    dom = dump_dom(chromium, tmp_path, f"{app_url}/dashboard#key={KEY}&{everything}")
+    rows = dom.by_id("requests-table").select("tbody")[0].select("tr")
+    assert [tr.attrs["data-request-id"] for tr in rows] == ["req-e"]
 
 
 @pytest.mark.browser
-def test_request_drill_down_shows_the_attempt_chain_in_order(
+def test_request_panel_shows_the_attempt_chain_and_latency_with_backoff(
     chromium: str, app_url: str, tmp_path: Path
 ) -> None:
     dom = dump_dom(chromium, tmp_path, f"{app_url}/dashboard#key={KEY}&request=req-f")
@@ -456,9 +489,10 @@ def test_request_drill_down_shows_the_attempt_chain_in_order(
         ("1", "claude-sonnet", "false"),
         ("2", "gemini-2.5-flash", "true"),
     ]
-    assert "default (asked for quality)" in attempts[1].text
     assert "500 APIError" in attempts[0].text
-    assert dom.by_id("request-summary").text.startswith(f"2 attempts · succeeded · {_usd(0.25)}")
+    # 700 ms + 1800 ms of attempts, but 2.8 s from the first start to the last end.
+    assert dom.by_id("request-latency").attrs["data-value"] == "2800"
+    assert dom.by_id("request-summary").text.startswith(f"2 attempts · succeeded · {_usd(0.25)} · 2.80 s")
 
 
 @pytest.mark.browser
@@ -478,14 +512,20 @@ def test_without_a_key_the_page_asks_for_one(chromium: str, app_url: str, tmp_pa
 
 
 @pytest.mark.browser
-def test_an_empty_database_says_so(chromium: str, tmp_path: Path) -> None:
+def test_a_new_install_shows_how_to_make_the_first_call(chromium: str, tmp_path: Path) -> None:
     with serve(_database(tmp_path, []), []) as url:
-        dom = dump_dom(chromium, tmp_path, f"{url}/dashboard#key={KEY}")
+        dom = dump_dom(chromium, tmp_path, f"{url}/dashboard#key={KEY}&range=30d")
     assert dom.select("body")[0].attrs["data-state"] == "empty"
-    assert "database is empty" in dom.by_id("message").text
-    assert dom.by_id("kpi-calls").text == "0"
+    assert "No calls recorded yet" in dom.by_id("message").text
+    assert "hidden" not in dom.by_id("first-steps").attrs
+    curl = dom.by_id("first-curl").text
+    # This proxy's own address; a key other than the development key stays off the screen.
+    assert curl.startswith(f"curl {url}/v1/chat/completions")
+    assert '"Authorization: Bearer $LITELLM_MASTER_KEY"' in curl and KEY not in curl
+    assert dom.by_id("kpi-requests").text == "0"
     assert dom.by_id("chart-cost-by-action").select("rect") == []
-    assert "No calls match" in dom.by_id("calls-table").text
+    assert "No cost recorded" in dom.by_id("chart-cost-by-action").text
+    assert "No requests match" in dom.by_id("requests-table").text
 
 
 @pytest.mark.browser
@@ -493,7 +533,7 @@ def test_screenshot_shows_the_charts_in_their_series_colours(
     chromium: str, app_url: str, page: Element, tmp_path: Path
 ) -> None:
     shot = tmp_path / "dashboard.png"
-    _run_chromium(chromium, tmp_path, f"--screenshot={shot}", f"{app_url}/dashboard#key={KEY}")
+    _run_chromium(chromium, tmp_path, f"--screenshot={shot}", f"{app_url}/dashboard#key={KEY}&range=30d")
     for chart_id in ("chart-cost-by-action", "chart-cost-by-model"):
         chart = page.by_id(chart_id)
         x, y, w, h = (int(v) for v in chart.attrs["data-layout"].split(","))

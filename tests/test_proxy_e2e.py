@@ -28,6 +28,7 @@ from course_llm.db import (
     fetch_request,
     is_database_error,
 )
+from course_llm.proxy.serve import DEV_KEY
 from tests.fake_upstream import FakeUpstream
 from tests.proxy_process import ProxyProcess, free_port, litellm_argv, serve_argv
 from tests.test_dashboard import chromium, dump_dom  # noqa: F401 (chromium is a fixture)
@@ -419,12 +420,14 @@ async def test_mock_mode_needs_no_upstream_and_logs_the_same_rows(tmp_path: Path
         assert process.stop() in CLEAN_EXIT
 
 
-async def test_mock_mode_generates_and_prints_a_key_when_none_is_set(tmp_path: Path) -> None:
+async def test_mock_mode_uses_the_printed_development_key_when_none_is_set(tmp_path: Path) -> None:
     port = free_port()
     env = {**proxy_env(f"sqlite+aiosqlite:///{tmp_path / 'k.db'}", tmp_path), "LITELLM_MASTER_KEY": ""}
     process = ProxyProcess(serve_argv("--mock", "--port", str(port)), env, port, tmp_path / "log").start()
     try:
-        key = next(word for word in process.log().split() if word.startswith("sk-course-llm-"))
+        words = (word.strip("\"'") for word in process.log().split())
+        [key] = {word for word in words if word.startswith("sk-course-llm-")}
+        assert key == DEV_KEY  # the key the README's examples use
         response = await client(process, key=key).chat.completions.create(
             model="text_processing", messages=[{"role": "user", "content": "hi"}]
         )
@@ -526,11 +529,11 @@ async def test_the_dashboard_of_a_running_proxy_shows_its_calls(
         process.stop()
     listed = {
         row.attrs["data-request-id"]
-        for row in dom.by_id("calls-table").select("tr")
+        for row in dom.by_id("requests-table").select("tr")  # the requests view opens first
         if "data-request-id" in row.attrs
     }
     assert {fallback_id, plain_id} <= listed
-    assert int(dom.by_id("chart-cost-by-action").attrs["data-bars"]) >= 1  # today's stacked bar
+    assert int(dom.by_id("chart-cost-by-action").attrs["data-bars"]) >= 1  # this hour's stacked bar
     attempts = dom.by_id("request-detail").select("li")
     assert [(li.attrs["data-attempt"], li.attrs["data-model"]) for li in attempts] == [
         ("1", "claude-sonnet"),

@@ -110,9 +110,17 @@ async def test_a_request_drill_down_lists_its_attempts_in_order(client: httpx.As
 
 
 async def test_an_unknown_request_is_404_with_a_reason(client: httpx.AsyncClient) -> None:
-    response = await _get(client, "/usage/requests/nope")
+    response = await _get(client, "/usage/requests/no-such-request")
     assert response.status_code == 404
-    assert response.json() == {"error": "no calls recorded for request 'nope'"}
+    assert response.json() == {"error": "no calls recorded for request 'no-such-request'"}
+
+
+async def test_an_unknown_id_shorter_than_a_prefix_is_400(client: httpx.AsyncClient) -> None:
+    response = await _get(client, "/usage/requests/nope")
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "request_id: 'nope' is no recorded id, and a prefix needs at least 8 characters"
+    }
 
 
 @pytest.mark.parametrize("path", ROUTES)

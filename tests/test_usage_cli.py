@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,9 +196,10 @@ def test_a_bad_option_value_is_one_line_and_exit_1(args: list[str], message: str
 def test_a_database_without_the_table_is_one_line_and_exit_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    sqlite3.connect(tmp_path / "empty.db").close()  # a database file, but never migrated
     monkeypatch.setenv("COURSE_LLM_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
     line = _one_line_error(run("usage", "--group-by", "action"))
-    assert line.startswith("error: database error:") and "llm_calls" in line
+    assert line.startswith("error: database ") and "has no llm_calls table" in line
 
 
 def test_an_unreachable_database_server_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -211,3 +213,45 @@ def test_an_unreachable_database_server_is_one_line_and_exit_1(monkeypatch: pyte
 def test_an_export_to_a_missing_directory_is_one_line_and_exit_1(tmp_path: Path) -> None:
     line = _one_line_error(run("export", "-o", str(tmp_path / "missing" / "calls.csv")))
     assert line.startswith("error: cannot write ") and "No such file or directory" in line
+
+
+UUID_A = "0193e1f4-7b2c-7aaa-8000-000000000001"
+UUID_B = "0193e1f4-7b2c-7bbb-8000-000000000002"
+
+
+@pytest.fixture
+def uuid_url(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The test database holding two requests with uuid-shaped ids that share 14 characters."""
+    from tests.rows import row
+
+    async def fill() -> None:
+        await _reset(database_url, with_seed=False)
+        factory = create_session_factory(database_url)
+        try:
+            from course_llm.db import insert_records
+
+            await insert_records(factory, [row(0, request_id=UUID_A), row(1, request_id=UUID_B)])
+        finally:
+            await dispose_session_factory(factory)
+
+    asyncio.run(fill())
+    monkeypatch.setenv("COURSE_LLM_DATABASE_URL", database_url)
+    yield database_url
+    asyncio.run(_reset(database_url, with_seed=False))
+
+
+def test_calls_table_prints_request_ids_in_full(uuid_url: str) -> None:
+    result = run("calls")
+    assert result.exit_code == 0, result.output
+    assert UUID_A in result.output and UUID_B in result.output
+
+
+def test_request_id_accepts_a_unique_prefix_of_what_calls_prints(uuid_url: str) -> None:
+    result = run("calls", "--request-id", UUID_B[:16], "--json")
+    assert result.exit_code == 0, result.output
+    assert [r["request_id"] for r in json.loads(result.stdout)["data"]] == [UUID_B]
+
+
+def test_an_ambiguous_request_id_prefix_is_one_line_naming_the_count(uuid_url: str) -> None:
+    line = _one_line_error(run("calls", "--request-id", UUID_A[:14]))
+    assert line == f"error: request_id: {UUID_A[:14]!r} is the start of 2 request ids; give more characters"

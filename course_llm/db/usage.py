@@ -18,7 +18,10 @@ Summary figures, per group and in total:
   a second); SQLite has no percentile function, so its latencies are read once and the same
   interpolation is done in Python (SQLite is the single-user default; big tables belong on
   PostgreSQL).
-- `day` is the UTC calendar date of `created_at`, as YYYY-MM-DD.
+- `day` is the UTC calendar date of `created_at`, as YYYY-MM-DD; `hour` its UTC hour, as
+  YYYY-MM-DDTHH:00:00Z.
+
+A `request_id` filter may be a unique prefix of an id (`course_llm.db.filtering.resolve_filters`).
 
 Every value read is JSON-safe: course_llm cleans what it writes (`recording/clean.py`), but a row
 another path wrote (plain SQL) may hold NaN or ±Infinity in a float column (PostgreSQL keeps them;
@@ -28,19 +31,27 @@ and in the summary figures, so no report fails to render because of one row.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from course_llm.db.models import LLMCall
+from course_llm.db.filtering import (
+    COLUMNS,
+    NEWEST_FIRST,
+    ROW_COLUMNS,
+    TABLE,
+    conditions,
+    finite,
+    resolve_filters,
+    resolve_request_id,
+    row_dict,
+)
 from course_llm.db.session import SessionFactory
 from course_llm.reporting.usage import GROUP_KEYS, CallsPage, Summary, UsageFilters
 
@@ -55,90 +66,15 @@ __all__ = [
     "summarize",
 ]
 
-_TABLE: sa.Table = LLMCall.__table__  # type: ignore[assignment]  # declared as FromClause; it is a Table
-_C = _TABLE.c
-
-#: Filters that are plain equality on the column of the same name.
-_EQUALITY_FILTERS = (
-    "action",
-    "strategy",
-    "served_strategy",
-    "provider",
-    "model_id",
-    "tenant_id",
-    "operation",
-    "request_id",
-)
-
-#: Newest first; the id (uuid7, time-ordered) breaks ties so pages never overlap or skip rows.
-_NEWEST_FIRST = (_C.created_at.desc(), _C.id.desc())
-
+_C = COLUMNS
 Key = tuple[Any, ...]
-
-
-def _conditions(filters: UsageFilters) -> list[sa.ColumnElement[bool]]:
-    conditions: list[sa.ColumnElement[bool]] = []
-    if filters.since is not None:
-        conditions.append(_C.created_at >= filters.since)
-    if filters.until is not None:
-        conditions.append(_C.created_at < filters.until)
-    for name in _EQUALITY_FILTERS:
-        value = getattr(filters, name)
-        if value is not None:
-            conditions.append(_C[name] == value)
-    if filters.status == "success":
-        conditions.append(_C.success == sa.true())
-    elif filters.status == "error":
-        conditions.append(_C.success == sa.false())
-    return conditions
-
-
-def _null_constant(_name: str) -> None:
-    return None
-
-
-class _ReadJSON(sa.TypeDecorator[Any]):
-    """The metadata column as read for reports: `NaN` and `±Infinity` in the JSON text are None.
-
-    SQLite hands over the stored text, parsed here with `parse_constant` at no extra cost. asyncpg
-    decodes JSONB itself (and JSONB cannot hold NaN), so a value that is not text passes as is.
-    """
-
-    impl = sa.Text()
-    cache_ok = True
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
-        if isinstance(value, str):
-            return json.loads(value, parse_constant=_null_constant)
-        return value
-
-
-#: Every column of llm_calls, the metadata column read through `_ReadJSON`.
-_ROW_COLUMNS = [
-    sa.type_coerce(column, _ReadJSON()).label(column.name) if column.name == "metadata" else column
-    for column in _TABLE.columns
-]
-
-
-def _finite(value: Any) -> Any:
-    """None for NaN and ±Infinity, which JSON cannot carry; any other value as it is."""
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
-def _row_dict(row: sa.RowMapping) -> dict[str, Any]:
-    """A result row as JSON-friendly data: the uuid as a string, the timestamp as ISO 8601 UTC."""
-    data = dict(row)
-    data["id"] = str(data["id"])
-    data["created_at"] = data["created_at"].isoformat()
-    data["latency_ms"] = _finite(data["latency_ms"])
-    data["cost_usd"] = _finite(data["cost_usd"])
-    return data
 
 
 async def count_matching(session_factory: SessionFactory, filters: UsageFilters) -> int:
     """How many rows match `filters` (the `total` of a page, the length of an export)."""
-    statement = sa.select(sa.func.count()).select_from(_TABLE).where(*_conditions(filters))
     async with session_factory() as session:
+        filters = await resolve_filters(session, filters)
+        statement = sa.select(sa.func.count()).select_from(TABLE).where(*conditions(filters))
         return int(await session.scalar(statement) or 0)
 
 
@@ -151,28 +87,36 @@ async def list_calls(
     """
     if page < 1 or page_size < 1:
         raise ValueError(f"page and page_size must be >= 1, got {page}, {page_size}")
-    statement = (
-        sa.select(*_ROW_COLUMNS)
-        .where(*_conditions(filters))
-        .order_by(*_NEWEST_FIRST)
-        .limit(page_size)
-        .offset((page - 1) * page_size)
-    )
-    total_statement = sa.select(sa.func.count()).select_from(_TABLE).where(*_conditions(filters))
     async with session_factory() as session:
+        filters = await resolve_filters(session, filters)
+        statement = (
+            sa.select(*ROW_COLUMNS)
+            .where(*conditions(filters))
+            .order_by(*NEWEST_FIRST)
+            .limit(page_size)
+            .offset((page - 1) * page_size)
+        )
+        total_statement = sa.select(sa.func.count()).select_from(TABLE).where(*conditions(filters))
         total = int(await session.scalar(total_statement) or 0)
         rows = (await session.execute(statement)).mappings().all() if total else []
-    return CallsPage(data=[_row_dict(row) for row in rows], total=total, page=page, page_size=page_size)
+    return CallsPage(data=[row_dict(row) for row in rows], total=total, page=page, page_size=page_size)
 
 
 async def request_attempts(session_factory: SessionFactory, request_id: str) -> list[dict[str, Any]]:
-    """Every attempt of one request, in the order they were made (empty when the id is unknown)."""
-    statement = (
-        sa.select(*_ROW_COLUMNS).where(_C.request_id == request_id).order_by(_C.attempt, _C.created_at, _C.id)
-    )
+    """Every attempt of one request, in the order they were made (empty when the id is unknown).
+
+    `request_id` may be a unique prefix of the id (see `course_llm.db.filtering`); an ambiguous or
+    too short one is a `UsageQueryError`.
+    """
     async with session_factory() as session:
+        request_id = await resolve_request_id(session, request_id)
+        statement = (
+            sa.select(*ROW_COLUMNS)
+            .where(_C.request_id == request_id)
+            .order_by(_C.attempt, _C.created_at, _C.id)
+        )
         rows = (await session.execute(statement)).mappings().all()
-    return [_row_dict(row) for row in rows]
+    return [row_dict(row) for row in rows]
 
 
 async def iter_calls(
@@ -184,29 +128,35 @@ async def iter_calls(
     The rows come through a server-side cursor (asyncpg) or an incremental fetch (SQLite) inside
     one read transaction, so the export is a consistent snapshot on PostgreSQL.
     """
-    statement = (
-        sa.select(*_ROW_COLUMNS)
-        .where(*_conditions(filters))
-        .order_by(_C.created_at, _C.id)
-        .execution_options(yield_per=batch)
-    )
     async with session_factory() as session:
+        filters = await resolve_filters(session, filters)
+        statement = (
+            sa.select(*ROW_COLUMNS)
+            .where(*conditions(filters))
+            .order_by(_C.created_at, _C.id)
+            .execution_options(yield_per=batch)
+        )
         result = await session.stream(statement)
         async for row in result.mappings():
-            yield _row_dict(row)
+            yield row_dict(row)
 
 
 # --- summaries -----------------------------------------------------------------------------------
 
 
 def _group_expression(key: str, dialect: str) -> sa.ColumnElement[Any]:
-    if key != "day":
+    if key not in ("day", "hour"):
         return _C[key].label(key)
     if dialect == "postgresql":
-        # A date, not to_char(): formatting half a million timestamps costs more than the query.
-        return sa.cast(sa.func.timezone("UTC", _C.created_at), sa.Date()).label("day")
-    # SQLite stores the UTC timestamp as text, `YYYY-MM-DD HH:MM:SS…`: the date is its first 10 chars.
-    return sa.func.substr(_C.created_at, 1, 10, type_=sa.String()).label("day")
+        # A date (or an hour), not to_char(): formatting half a million timestamps costs more than
+        # the query.
+        utc = sa.func.timezone("UTC", _C.created_at)
+        if key == "hour":
+            return sa.func.date_trunc("hour", utc, type_=sa.DateTime()).label("hour")
+        return sa.cast(utc, sa.Date()).label("day")
+    # SQLite stores the UTC timestamp as text, `YYYY-MM-DD HH:MM:SS…`: the date is its first 10
+    # characters, the hour its first 13.
+    return sa.func.substr(_C.created_at, 1, 10 if key == "day" else 13, type_=sa.String()).label(key)
 
 
 #: The percentiles reported, as fractions: p50 and p95.
@@ -238,9 +188,9 @@ def _figures(row: Mapping[str, Any]) -> dict[str, Any]:
         "error_rate": failures / calls if calls else 0.0,
         "tokens_in": int(row["tokens_in"] or 0),
         "tokens_out": int(row["tokens_out"] or 0),
-        "cost_usd": _finite(float(row["cost_usd"] or 0.0)),
-        "p50_latency_ms": _finite(row["p50_latency_ms"]),
-        "p95_latency_ms": _finite(row["p95_latency_ms"]),
+        "cost_usd": finite(float(row["cost_usd"] or 0.0)),
+        "p50_latency_ms": finite(row["p50_latency_ms"]),
+        "p95_latency_ms": finite(row["p95_latency_ms"]),
         "fallback_rate": fallbacks / successes if successes else 0.0,
     }
 
@@ -350,8 +300,11 @@ async def _summarize_portable(
     return groups, totals
 
 
-def _key(value: Any) -> Any:
-    """A group key as JSON-friendly data: PostgreSQL's `day` is a date, shown as YYYY-MM-DD."""
+def _key(name: str, value: Any) -> Any:
+    """A group key as JSON-friendly data: `day` as YYYY-MM-DD, `hour` as YYYY-MM-DDTHH:00:00Z."""
+    if name == "hour" and value is not None:
+        text = value.isoformat() if isinstance(value, datetime) else str(value)
+        return f"{text[:10]}T{text[11:13]}:00:00Z"
     return value.isoformat() if isinstance(value, date) else value
 
 
@@ -377,14 +330,18 @@ async def summarize(
     if unknown:
         raise ValueError(f"unknown group keys {unknown}; valid: {', '.join(GROUP_KEYS)}")
     names = list(group_by)
-    conditions = _conditions(filters)
     async with session_factory() as session:
+        where = conditions(await resolve_filters(session, filters))
         dialect = session.get_bind().dialect.name
         keys = [_group_expression(name, dialect) for name in names]
         if dialect == "postgresql":
-            rows, totals_row = await _summarize_postgresql(session, keys, conditions)
+            rows, totals_row = await _summarize_postgresql(session, keys, where)
         else:
-            rows, totals_row = await _summarize_portable(session, keys, conditions)
-    groups = [{**{name: _key(row[name]) for name in names}, **_figures(row)} for row in rows] if names else []
+            rows, totals_row = await _summarize_portable(session, keys, where)
+    groups = (
+        [{**{name: _key(name, row[name]) for name in names}, **_figures(row)} for row in rows]
+        if names
+        else []
+    )
     groups.sort(key=_sort_key(names))
     return Summary(group_by=names, groups=groups, totals=_figures(totals_row))

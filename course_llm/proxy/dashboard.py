@@ -1,10 +1,11 @@
 """`GET /dashboard`: the one-page usage dashboard, served next to the usage API.
 
-The page is static: HTML, one script and one stylesheet under `static/`, shipped inside the wheel.
-It holds no data, so it needs no key; the script asks the user for the proxy key and calls the
-usage API (`/usage/summary`, `/usage/calls`, `/usage/requests/{id}`) on the same origin with it.
+The page is static: HTML, four scripts and one stylesheet under `static/`, shipped inside the
+wheel. It holds no data, so it needs no key; the scripts ask the user for the proxy key and call
+the usage API (`/usage/summary`, `/usage/requests`, `/usage/calls`, `/usage/tags`,
+`/usage/requests/{id}`, `/usage/export.csv`) on the same origin with it.
 
-No build step and no CDN: the charts are inline SVG drawn by ~500 lines of vanilla JavaScript, so
+No build step and no CDN: the charts are inline SVG drawn by vanilla JavaScript, so
 the dashboard works on an offline machine and in a locked-down network. The Content-Security-Policy
 below pins every fetch, script and style to the proxy's own origin, which both documents and
 enforces that promise.
@@ -24,6 +25,9 @@ STATIC_DIR = Path(__file__).with_name("static")
 #: Asset name → media type. Only these names are served, so no request path ever reaches the file
 #: system.
 ASSETS: dict[str, str] = {
+    "dashboard_format.js": "text/javascript; charset=utf-8",
+    "dashboard_charts.js": "text/javascript; charset=utf-8",
+    "dashboard_tables.js": "text/javascript; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
 }

@@ -1,10 +1,22 @@
-"""The usage HTTP API: `GET /usage/calls`, `/usage/summary` and `/usage/requests/{request_id}`.
+"""The usage HTTP API: `GET /usage/calls`, `/usage/summary`, `/usage/requests`, `/usage/tags`, exports.
+
+Beyond docs/architecture.md's contract routes:
+
+- `GET /usage/requests?…filters…&page=&page_size=`: one line per request (not per attempt),
+  newest first, paginated like `/usage/calls`, with `totals` {requests, failed_requests,
+  error_rate} over every page: the request-level error rate (`course_llm.reporting.requests`).
+- `GET /usage/requests/{request_id}` also answers `request`, the request's line (total latency
+  with the backoff between attempts included); the id may be any unique prefix of at least 8
+  characters (the answer's `request_id` is then the full id). An ambiguous or short prefix is a 400.
+- `GET /usage/tags?…filters…`: attempts, failures, tokens and cost per tag (`key=value`).
+- `GET /usage/export.csv?…filters…`: every matching attempt as CSV, oldest first, streamed, with
+  the CLI export's columns and its OWASP formula neutralisation.
 
 A FastAPI router that `course-llm serve` mounts on LiteLLM's proxy app (and the dashboard reads):
 
     app.include_router(create_usage_router(lambda: session_factory, lambda: master_key))
 
-Responses follow DESIGN.md, "Usage reporting — contract". Every route answers only to
+Responses follow docs/architecture.md, "Usage reporting". Every route answers only to
 `Authorization: Bearer <master key>` and fails closed: a wrong or missing key is 401, and a proxy
 with no key configured serves no usage data at all (503), since the data shows spend and traffic.
 Errors are JSON `{"error": "..."}`: 400 for a bad filter (`"status: 'ok' is not one of: …"`),
@@ -24,18 +36,27 @@ a 400 rather than silently ignored: `?model=x` (for `model_id`) must not return 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from course_llm.db import SessionFactory, is_database_error
-from course_llm.db.usage import list_calls, request_attempts, summarize
+from course_llm.db.requests import list_requests, tag_breakdown
+from course_llm.db.usage import count_matching, iter_calls, list_calls, request_attempts, summarize
 from course_llm.errors import UsageQueryError
 from course_llm.recording.clean import clean_value
-from course_llm.reporting.usage import FILTER_NAMES, filters_from, parse_group_by, parse_page
+from course_llm.reporting.requests import request_line
+from course_llm.reporting.usage import (
+    FILTER_NAMES,
+    csv_header,
+    csv_line,
+    filters_from,
+    parse_group_by,
+    parse_page,
+)
 
 __all__ = ["create_usage_router"]
 
@@ -44,7 +65,7 @@ log = structlog.get_logger()
 #: Sent with every 401, as RFC 6750 asks, so clients know which credentials to offer.
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
-Answer = Callable[[SessionFactory, dict[str, str]], Awaitable[JSONResponse | dict[str, Any]]]
+Answer = Callable[[SessionFactory, dict[str, str]], Awaitable[Response | dict[str, Any]]]
 
 
 def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -104,7 +125,7 @@ def create_usage_router(
     """
     router = APIRouter(tags=["usage"])
 
-    async def serve(request: Request, allowed: tuple[str, ...], answer: Answer) -> JSONResponse:
+    async def serve(request: Request, allowed: tuple[str, ...], answer: Answer) -> Response:
         refusal = _refusal(request, get_master_key())
         if refusal is not None:
             return refusal
@@ -122,10 +143,10 @@ def create_usage_router(
             log.warning("usage_query_failed", path=request.url.path, error=type(exc).__name__)
             first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return _error(503, f"database error: {first_line}")
-        return body if isinstance(body, JSONResponse) else _json(body)
+        return body if isinstance(body, Response) else _json(body)
 
     @router.get("/usage/calls")
-    async def usage_calls(request: Request) -> JSONResponse:
+    async def usage_calls(request: Request) -> Response:
         """Matching llm_calls rows, newest first, one page at a time."""
 
         async def answer(factory: SessionFactory, params: dict[str, str]) -> dict[str, Any]:
@@ -136,7 +157,7 @@ def create_usage_router(
         return await serve(request, (*FILTER_NAMES, "page", "page_size"), answer)
 
     @router.get("/usage/summary")
-    async def usage_summary(request: Request) -> JSONResponse:
+    async def usage_summary(request: Request) -> Response:
         """Calls, failures, tokens, cost, latency percentiles and fallback rate per group and in total."""
 
         async def answer(factory: SessionFactory, params: dict[str, str]) -> dict[str, Any]:
@@ -146,17 +167,60 @@ def create_usage_router(
 
         return await serve(request, (*FILTER_NAMES, "group_by"), answer)
 
-    @router.get("/usage/requests/{request_id}")
-    async def usage_request(request: Request, request_id: str) -> JSONResponse:
-        """Every attempt of one request, in the order they were made."""
+    @router.get("/usage/requests")
+    async def usage_requests(request: Request) -> Response:
+        """Matching requests (one line each), newest first, one page at a time."""
 
-        async def answer(factory: SessionFactory, params: dict[str, str]) -> JSONResponse | dict[str, Any]:
+        async def answer(factory: SessionFactory, params: dict[str, str]) -> dict[str, Any]:
+            filters = filters_from(_filters(params))
+            page, page_size = parse_page(params.get("page"), params.get("page_size"))
+            return (await list_requests(factory, filters, page, page_size)).as_dict()
+
+        return await serve(request, (*FILTER_NAMES, "page", "page_size"), answer)
+
+    @router.get("/usage/requests/{request_id}")
+    async def usage_request(request: Request, request_id: str) -> Response:
+        """Every attempt of one request, in the order they were made, and the request's line."""
+
+        async def answer(factory: SessionFactory, params: dict[str, str]) -> Response | dict[str, Any]:
             # An id with a NUL was never stored (and PostgreSQL refuses it in a query).
             attempts = [] if "\x00" in request_id else await request_attempts(factory, request_id)
             if not attempts:
                 return _error(404, f"no calls recorded for request {request_id!r}")
-            return {"request_id": request_id, "attempts": attempts}
+            line = request_line(attempts)
+            return {"request_id": line["request_id"], "attempts": attempts, "request": line}
 
         return await serve(request, (), answer)
+
+    @router.get("/usage/tags")
+    async def usage_tags(request: Request) -> Response:
+        """Attempts, failures, tokens and cost per tag (`key=value`), costliest first."""
+
+        async def answer(factory: SessionFactory, params: dict[str, str]) -> dict[str, Any]:
+            return {"groups": await tag_breakdown(factory, filters_from(_filters(params)))}
+
+        return await serve(request, FILTER_NAMES, answer)
+
+    @router.get("/usage/export.csv")
+    async def usage_export(request: Request) -> Response:
+        """Every matching attempt as CSV, oldest first (the columns of `course-llm export`)."""
+
+        async def answer(factory: SessionFactory, params: dict[str, str]) -> Response:
+            filters = filters_from(_filters(params))
+            # Counting first turns a bad prefix or an unreachable database into a JSON error
+            # while the status line can still say so; once streaming, the status is sent.
+            await count_matching(factory, filters)
+
+            async def lines() -> AsyncIterator[str]:
+                yield csv_header()
+                async for row in iter_calls(factory, filters):
+                    yield csv_line(row)
+
+            disposition = 'attachment; filename="course_llm_calls.csv"'
+            return StreamingResponse(
+                lines(), media_type="text/csv; charset=utf-8", headers={"Content-Disposition": disposition}
+            )
+
+        return await serve(request, FILTER_NAMES, answer)
 
     return router

@@ -1,7 +1,7 @@
 """Usage reporting without a database: the filter and result types, and parsing of user input.
 
 The CLI (`course-llm calls|usage|export`) and the HTTP API (`/usage/...`) take the same filters as
-strings (DESIGN.md, "Usage reporting — contract"). They are parsed and validated here, once, so both
+strings (docs/architecture.md, "Usage reporting"). They are parsed and validated here, once, so both
 front ends accept the same values and reject bad ones with the same `UsageQueryError(field, message)`
 naming the field and what would have been valid. The queries themselves live in
 `course_llm.db.usage`; this module imports no SQLAlchemy, so the CLI can validate its options (and
@@ -57,7 +57,7 @@ __all__ = [
     "write_export",
 ]
 
-#: Filter names, in the order DESIGN.md lists them.
+#: Filter names, in the order docs/architecture.md lists them.
 FILTER_NAMES: tuple[str, ...] = (
     "since",
     "until",
@@ -72,7 +72,8 @@ FILTER_NAMES: tuple[str, ...] = (
     "request_id",
 )
 
-#: Keys `summarize` can group by. `day` is the UTC calendar date of `created_at` (YYYY-MM-DD).
+#: Keys `summarize` can group by. `day` is the UTC calendar date of `created_at` (YYYY-MM-DD),
+#: `hour` its UTC hour (YYYY-MM-DDTHH:00:00Z).
 GROUP_KEYS: tuple[str, ...] = (
     "action",
     "strategy",
@@ -82,6 +83,9 @@ GROUP_KEYS: tuple[str, ...] = (
     "tenant_id",
     "operation",
     "day",
+    "end_user",
+    "error_class",
+    "hour",
 )
 
 #: The figures of every summary group and of the totals, in display order.

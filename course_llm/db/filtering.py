@@ -1,0 +1,159 @@
+"""What every usage query shares: the WHERE clause of a `UsageFilters`, the row columns, the row dict.
+
+`db/usage.py` (attempts, summaries, export) and `db/requests.py` (one line per request, tag
+breakdowns) both read llm_calls through the pieces here, so a filter means the same rows in every
+report.
+
+Request ids are matched by prefix, as docs/architecture.md's newcomer contract asks: `resolve_filters` turns
+the `request_id` a user typed into the one stored id it names, before any report runs:
+
+- an id stored exactly as given is taken as it is (one indexed lookup), whatever its length: a
+  short id such as `req-1` is a whole id, not a prefix;
+- otherwise the value is a prefix, which must have at least `MIN_PREFIX` (8) characters, and must
+  start exactly one stored id; several is a `UsageQueryError` naming how many (an ambiguous prefix
+  must not silently merge two requests), none leaves the filter as typed, so it matches no row.
+
+The prefix lookup is a `LIKE 'prefix%'` with `%`, `_` and the escape character itself escaped, so
+`req_1` matches only `req_1…`, never `reqX1…`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from course_llm.db.models import LLMCall
+from course_llm.errors import UsageQueryError
+from course_llm.reporting.requests import MIN_PREFIX, ambiguous_prefix_message, like_prefix
+from course_llm.reporting.usage import UsageFilters
+
+__all__ = [
+    "COLUMNS",
+    "NEWEST_FIRST",
+    "ROW_COLUMNS",
+    "TABLE",
+    "conditions",
+    "finite",
+    "resolve_filters",
+    "resolve_request_id",
+    "row_dict",
+]
+
+TABLE: sa.Table = LLMCall.__table__  # type: ignore[assignment]  # declared as FromClause; it is a Table
+COLUMNS = TABLE.c
+
+#: Filters that are plain equality on the column of the same name.
+_EQUALITY_FILTERS = (
+    "action",
+    "strategy",
+    "served_strategy",
+    "provider",
+    "model_id",
+    "tenant_id",
+    "operation",
+    "request_id",
+)
+
+#: Newest first; the id (uuid7, time-ordered) breaks ties so pages never overlap or skip rows.
+NEWEST_FIRST = (COLUMNS.created_at.desc(), COLUMNS.id.desc())
+
+#: How many ids an ambiguous prefix reports at most ("matches more than 10 requests").
+_AMBIGUITY_SHOWN = 10
+
+
+def conditions(filters: UsageFilters, *, status: bool = True) -> list[sa.ColumnElement[bool]]:
+    """The WHERE clause of `filters` (without the `status` filter when `status` is False)."""
+    where: list[sa.ColumnElement[bool]] = []
+    if filters.since is not None:
+        where.append(COLUMNS.created_at >= filters.since)
+    if filters.until is not None:
+        where.append(COLUMNS.created_at < filters.until)
+    for name in _EQUALITY_FILTERS:
+        value = getattr(filters, name)
+        if value is not None:
+            where.append(COLUMNS[name] == value)
+    if status and filters.status == "success":
+        where.append(COLUMNS.success == sa.true())
+    elif status and filters.status == "error":
+        where.append(COLUMNS.success == sa.false())
+    return where
+
+
+async def resolve_request_id(session: AsyncSession, typed: str) -> str:
+    """The stored request id that `typed` names: itself when stored, else the one it prefixes.
+
+    Raises `UsageQueryError` (field `request_id`) for a prefix shorter than `MIN_PREFIX` or one
+    that starts several ids. An unknown id of `MIN_PREFIX` or more characters comes back as typed.
+    """
+    exact = sa.select(COLUMNS.request_id).where(COLUMNS.request_id == typed).limit(1)
+    if await session.scalar(exact) is not None:
+        return typed
+    if len(typed) < MIN_PREFIX:
+        message = f"{typed!r} is no recorded id, and a prefix needs at least {MIN_PREFIX} characters"
+        raise UsageQueryError("request_id", message)
+    matching = (
+        sa.select(COLUMNS.request_id)
+        .where(COLUMNS.request_id.like(like_prefix(typed), escape="\\"))
+        .distinct()
+        .limit(_AMBIGUITY_SHOWN + 1)
+    )
+    found = list((await session.scalars(matching)).all())
+    if len(found) > 1:
+        raise UsageQueryError("request_id", ambiguous_prefix_message(typed, len(found), _AMBIGUITY_SHOWN))
+    return found[0] if found else typed
+
+
+async def resolve_filters(session: AsyncSession, filters: UsageFilters) -> UsageFilters:
+    """`filters` with its `request_id` prefix (if any) replaced by the full id it names."""
+    if filters.request_id is None:
+        return filters
+    resolved = await resolve_request_id(session, filters.request_id)
+    return filters if resolved == filters.request_id else dataclasses.replace(filters, request_id=resolved)
+
+
+def _null_constant(_name: str) -> None:
+    return None
+
+
+class _ReadJSON(sa.TypeDecorator[Any]):
+    """The metadata column as read for reports: `NaN` and `±Infinity` in the JSON text are None.
+
+    SQLite hands over the stored text, parsed here with `parse_constant` at no extra cost. asyncpg
+    decodes JSONB itself (and JSONB cannot hold NaN), so a value that is not text passes as is.
+    """
+
+    impl = sa.Text()
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if isinstance(value, str):
+            return json.loads(value, parse_constant=_null_constant)
+        return value
+
+
+#: Every column of llm_calls, the metadata column read through `_ReadJSON`.
+ROW_COLUMNS = [
+    sa.type_coerce(column, _ReadJSON()).label(column.name) if column.name == "metadata" else column
+    for column in TABLE.columns
+]
+
+
+def finite(value: Any) -> Any:
+    """None for NaN and ±Infinity, which JSON cannot carry; any other value as it is."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def row_dict(row: sa.RowMapping) -> dict[str, Any]:
+    """A result row as JSON-friendly data: the uuid as a string, the timestamp as ISO 8601 UTC."""
+    data = dict(row)
+    data["id"] = str(data["id"])
+    data["created_at"] = data["created_at"].isoformat()
+    data["latency_ms"] = finite(data["latency_ms"])
+    data["cost_usd"] = finite(data["cost_usd"])
+    return data
