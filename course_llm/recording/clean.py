@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -91,6 +92,7 @@ STRING_FIELDS = (
     "operation",
     "end_user",
 )
+_string_values = operator.attrgetter(*STRING_FIELDS)
 _FLOAT_FIELDS = ("latency_ms", "cost_usd")
 #: Nullable integer columns and the range kept; outside it the value becomes null (see above).
 _NULLABLE_INT_FIELDS = (
@@ -332,7 +334,13 @@ def clean_record(record: CallRecord) -> CallRecord:
     Returns `record` itself. Its metadata dict is replaced, never modified, when it needs cleaning.
     """
     changes: dict[str, Any] = {}
-    for name in STRING_FIELDS:
+    texts = [value for value in _string_values(record) if value is not None]
+    try:
+        # One scan of all the text columns at once decides the common case (nothing to clean).
+        dirty = _dirty("".join(texts))
+    except TypeError:  # a value that is not text
+        dirty = True
+    for name in STRING_FIELDS if dirty else ():
         value = getattr(record, name)
         if value is None:
             continue
