@@ -1,6 +1,6 @@
 """End to end: hostile proxy clients against the real `course-llm serve` process (issue 9).
 
-Proxy clients are untrusted (DESIGN.md, "Untrusted clients — contract"). Each case below sends one
+Proxy clients are untrusted (docs/architecture.md, "Untrusted clients"). Each case below sends one
 request, as raw bytes where the openai client could not spell it, and asserts:
 - the HTTP status, and that the answer is a JSON error whose message names the reason or the
   parameter (never a bare 500);

@@ -1,4 +1,4 @@
-"""End to end: answered means recorded, whatever happens to the process (DESIGN.md, "Durability").
+"""End to end: answered means recorded, whatever happens to the process (docs/architecture.md, "Durability").
 
 Real processes only: `course-llm serve` (or plain `litellm --config`) against the fake upstream,
 16 concurrent clients (tests/load.py) with plain, streamed and multi-attempt requests, then

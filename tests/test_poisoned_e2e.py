@@ -1,5 +1,5 @@
 """End to end: poisoned request bodies through the real proxy end as clean rows, and every usage
-endpoint still answers (DESIGN.md, "Untrusted clients — contract" and "Durability — contract").
+endpoint still answers (docs/architecture.md, "Untrusted clients" and "Durability").
 
 A client can put a NUL character, a lone surrogate, NaN or ±Infinity, or a 300 KB string into
 `user` and `metadata`. PostgreSQL refuses NUL and NaN outright, neither driver can encode a lone

@@ -7,7 +7,7 @@ from importlib.metadata import version
 import course_llm
 
 CONTRACT = {
-    # DESIGN.md, "Python API — contract"
+    # docs/architecture.md, "Python API"
     "Settings",
     "load_registry",
     "create_session_factory",

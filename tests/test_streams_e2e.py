@@ -1,5 +1,5 @@
 """End to end: streamed answers through the real proxy are recorded one row per attempt, however
-they end (DESIGN.md, "Durability": one row per attempt, exactly).
+they end (docs/architecture.md, "Durability": one row per attempt, exactly).
 
 The fake upstream (tests/fake_upstream.py) cuts streams half way, ends them without a finish
 reason, or streams slowly so the client can hang up in the middle. Rows are read back from the

@@ -1,6 +1,6 @@
 """Running the Alembic migrations from code: `course-llm db upgrade`, `course-llm serve`, the tests.
 
-The migrations live in the top-level `alembic/` directory of a checkout (fixed layout, DESIGN.md).
+The migrations live in the top-level `alembic/` directory of a checkout (fixed layout, docs/architecture.md).
 A wheel cannot ship a top-level directory next to the package, so pyproject's hatch `force-include`
 copies it to `course_llm/_alembic`. `migrations_path` looks there first, then next to the package,
 so an installed wheel, an editable install and a bare checkout all find the same scripts.

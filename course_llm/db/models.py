@@ -74,7 +74,7 @@ class Base(DeclarativeBase):
 
 
 class LLMCall(Base):
-    """One attempt of one LLM request (DESIGN.md, "The llm_calls table — contract")."""
+    """One attempt of one LLM request (docs/architecture.md, "The llm_calls table")."""
 
     __tablename__ = "llm_calls"
     __table_args__ = (

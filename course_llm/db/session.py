@@ -2,7 +2,7 @@
 
 Everything that talks to the database gets an `async_sessionmaker` built here, never a module-level
 engine (nothing runs at import). `Database` owns an engine and its factory for code that wants one
-object with `aclose()`; `create_session_factory` is the contract entry point (DESIGN.md, "Python
+object with `aclose()`; `create_session_factory` is the contract entry point (docs/architecture.md, "Python
 API") and `dispose_session_factory` closes what it opened.
 
 SQLite needs three fixes to behave like a server database, all applied on every new connection:

@@ -1,6 +1,6 @@
 """What a proxy client may send: the allow-list of request parameters and the checks of their values.
 
-Proxy clients are untrusted (DESIGN.md, "Untrusted clients — contract"). A chat request may carry
+Proxy clients are untrusted (docs/architecture.md, "Untrusted clients"). A chat request may carry
 the OpenAI chat-completion parameters in `CHAT_PARAMETERS` and nothing else: LiteLLM honours many
 more top-level keys (`mock_response`, `api_base`, `num_retries`, `fallbacks`, …) that would forge
 rows or steer a request past the registry. Each check here is a pure function from the parsed body

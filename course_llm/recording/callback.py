@@ -4,7 +4,7 @@ Two halves (STYLE.md): the pure mapping from hook arguments to a row lives in `r
 module holds the thin `CustomLogger` that picks the hook, numbers attempts and hands rows to a
 sink that never blocks (the writer journals each row before returning).
 
-Answered means recorded (DESIGN.md, "Durability"): every row must reach the sink on the request
+Answered means recorded (docs/architecture.md, "Durability"): every row must reach the sink on the request
 path, before the caller has its answer. Which hook records what (../shared/LITELLM_NOTES.md):
 - a non-streamed success → `async_post_call_success_deployment_hook`, awaited by LiteLLM right
   after the deployment answered (facade and proxy alike);

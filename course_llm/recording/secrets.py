@@ -2,7 +2,7 @@
 
 Upstream error text, LiteLLM's log lines and our own log events can all carry a credential: an
 upstream that echoes the key it was sent, a URL with `?key=…`, a database URL with its password.
-DESIGN.md ("Untrusted clients — contract") wants them masked wherever a value would be stored or
+docs/architecture.md ("Untrusted clients") wants them masked wherever a value would be stored or
 logged. Two nets, in this order:
 
 1. **Configured secrets**: the values this process was given (each registry model's API key, the
