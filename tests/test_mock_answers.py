@@ -15,7 +15,7 @@ import pytest
 from fastapi import FastAPI
 
 from course_llm.proxy.mock import MOCK_PATH, create_mock_router
-from course_llm.routing.mock_answers import answer, expected_model, failures
+from course_llm.routing.mock_answers import MAX_MOCK_SIZE, answer, expected_model, failures
 
 #: What an OpenAI client sends for `response_format=SomeModel` in strict mode: $defs and $ref,
 #: enums, arrays of objects, a nullable field, no additional properties.
@@ -134,3 +134,36 @@ async def test_the_proxy_mock_upstream_fails_a_model_named_in_a_directive_with_t
 
     assert response.status_code == 429
     assert response.json()["error"]["code"] == "429"
+
+
+def test_huge_upper_limits_in_a_client_schema_are_met_with_small_values() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "text": {"type": "string", "maxLength": 90_000_000},
+            "items": {"type": "array", "items": {"type": "string"}, "maxItems": 10**9},
+        },
+        "required": ["text", "items"],
+    }
+
+    data = json.loads(answer("gpt-4o-mini", user("big"), json_schema_format(schema)).text)
+
+    jsonschema.validate(data, schema)
+    assert len(data["text"]) <= MAX_MOCK_SIZE and len(data["items"]) <= MAX_MOCK_SIZE
+
+
+@pytest.mark.parametrize(
+    "limit",
+    [
+        {"type": "string", "minLength": 50_000_000},
+        {"type": "array", "items": {"type": "integer"}, "minItems": 5_000_000},
+    ],
+)
+def test_a_client_schema_asking_for_millions_gets_generic_json_instead_of_holding_the_loop(
+    limit: dict[str, Any],
+) -> None:
+    schema = {"type": "object", "properties": {"value": limit}, "required": ["value"]}
+
+    data = json.loads(answer("gpt-4o-mini", user("huge"), json_schema_format(schema)).text)
+
+    assert "value" not in data and data["summary"] == "mock answer"

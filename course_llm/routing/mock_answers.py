@@ -106,12 +106,40 @@ def fitting_json(model: type[BaseModel]) -> str:
     return factory.build().model_dump_json(by_alias=True)
 
 
+#: The most characters, items or properties the mock makes for one value of a client's schema. A
+#: schema may ask for millions (`minItems: 5000000`): building that would hold the event loop,
+#: which the mock shares with the proxy, for minutes.
+MAX_MOCK_SIZE = 64
+_MAXIMA = ("maxLength", "maxItems", "maxProperties")
+_MINIMA = ("minLength", "minItems", "minProperties")
+
+
+def _bounded(schema: Any) -> Any:
+    """A copy of a client's JSON Schema whose size limits the mock can meet quickly.
+
+    Upper limits above MAX_MOCK_SIZE are lowered to it; a lower limit above it cannot be met
+    cheaply, so the schema is refused (ValueError) and the mock answers generic JSON.
+    """
+    if isinstance(schema, list):
+        return [_bounded(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    bounded = {key: _bounded(value) for key, value in schema.items()}
+    for key in _MINIMA:
+        if isinstance(bounded.get(key), int | float) and bounded[key] > MAX_MOCK_SIZE:
+            raise ValueError(f"{key} {bounded[key]} is more than the mock makes ({MAX_MOCK_SIZE})")
+    for key in _MAXIMA:
+        if isinstance(bounded.get(key), int | float) and bounded[key] > MAX_MOCK_SIZE:
+            bounded[key] = MAX_MOCK_SIZE
+    return bounded
+
+
 @lru_cache(maxsize=64)
 def _model_for_schema(schema_json: str) -> type[BaseModel]:
     # It ships no type hints (no py.typed); create_model returns a BaseModel subclass.
     from json_schema_to_pydantic import create_model  # type: ignore[import-untyped]
 
-    model: type[BaseModel] = create_model(json.loads(schema_json))
+    model: type[BaseModel] = create_model(_bounded(json.loads(schema_json)))
     return model
 
 
