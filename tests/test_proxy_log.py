@@ -10,7 +10,13 @@ import structlog
 from fastapi import HTTPException
 
 from course_llm.errors import AllModelsFailedError, FailedAttempt
-from course_llm.proxy.proxy_log import CURRENT_REQUEST, QuietProxyLog, log_all_failed, refusal_status
+from course_llm.proxy.proxy_log import (
+    CURRENT_REQUEST,
+    QuietProxyLog,
+    log_all_failed,
+    quiet_model_list,
+    refusal_status,
+)
 
 REQUEST_EXCEPTION = (
     "litellm.proxy.proxy_server._handle_llm_api_exception(): Exception occured - litellm_call_id=%s - %s"
@@ -145,3 +151,26 @@ def test_an_all_failed_request_ending_in_a_client_error_is_a_warning(events: lis
     attempts = [FailedAttempt(1, "m", "p", "default", 400, "BadRequestError", "")]
     log_all_failed(AllModelsFailedError("a", "default", "r-10", attempts), 400)
     assert events[0]["log_level"] == "warning"
+
+
+def test_litellms_model_list_is_dropped_from_stdout_while_the_proxy_starts_and_nothing_else(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    restore = quiet_model_list()
+    try:
+        print("course_llm proxy on http://127.0.0.1:4000")
+        print("\033[32mLiteLLM: Proxy initialized with Config, Set models:\033[0m")
+        print("\033[32m    text_processing/default\033[0m")
+        print("\033[32m    text_processing/budget\033[0m")
+        print("\033[32mLiteLLM: a line course_llm does not know\033[0m")
+        print("    indented, not coloured")
+    finally:
+        restore()
+    print("\033[32m    after start-up\033[0m")
+
+    assert capsys.readouterr().out.splitlines() == [
+        "course_llm proxy on http://127.0.0.1:4000",
+        "\033[32mLiteLLM: a line course_llm does not know\033[0m",
+        "    indented, not coloured",
+        "\033[32m    after start-up\033[0m",
+    ]

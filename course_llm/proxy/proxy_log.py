@@ -11,7 +11,10 @@ LiteLLM's proxy logs, at ERROR:
 
 And at every start, a WARNING that `custom_auth_run_common_checks` is unset: those checks read the
 team and key records of LiteLLM's own database, which course_llm's proxy (one master key, no
-LiteLLM database) does not have.
+LiteLLM database) does not have. It also prints (with `print`, not a logger) every deployment's
+group name, one coloured line each, under "Proxy initialized with Config, Set models:": twenty
+lines that `serve`'s banner already sums up. `quiet_model_list()` drops those lines from stdout
+while the proxy starts; every other line passes.
 
 `QuietProxyLog` is the logging filter on LiteLLM's proxy and router loggers that drops those
 records (logging the replacement where there is one); every other record passes unchanged. Which
@@ -22,6 +25,8 @@ request's own task, where LiteLLM writes those records.
 from __future__ import annotations
 
 import logging
+import re
+import sys
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
@@ -126,3 +131,42 @@ def install_quiet_proxy_log(has_failed_attempts: Callable[[str], bool]) -> None:
         emitter = logging.getLogger(name)
         if not any(isinstance(existing, QuietProxyLog) for existing in emitter.filters):
             emitter.filters.insert(0, QuietProxyLog(has_failed_attempts))
+
+
+#: The lines LiteLLM prints while it loads the config: its header, then one per deployment.
+_MODEL_LIST_LINE = re.compile(
+    r"\x1b\[32m(LiteLLM: Proxy initialized with Config, Set models:|    [^\n]*)\x1b\[0m"
+)
+
+
+class _WithoutModelList:
+    """A text stream that writes through to `target`, except LiteLLM's model-list lines (`print`
+    writes a line and its newline separately: the newline after a dropped line is dropped too)."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self._dropped = False
+
+    def write(self, text: str) -> int:
+        if self._dropped and text == "\n":
+            self._dropped = False
+            return len(text)
+        self._dropped = _MODEL_LIST_LINE.fullmatch(text.rstrip("\n")) is not None
+        if not self._dropped:
+            self.target.write(text)
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, fileno, isatty, encoding …
+        return getattr(self.target, name)
+
+
+def quiet_model_list() -> Callable[[], None]:
+    """Drop LiteLLM's model-list print from stdout until the returned function is called."""
+    original = sys.stdout
+    sys.stdout = _WithoutModelList(original)
+
+    def restore() -> None:
+        if isinstance(sys.stdout, _WithoutModelList) and sys.stdout.target is original:
+            sys.stdout = original
+
+    return restore

@@ -38,6 +38,7 @@ from course_llm.proxy.guard import (
     unknown_model_reason,
 )
 from course_llm.proxy.hooks import proxy_logger, router_groups
+from course_llm.proxy.proxy_log import quiet_model_list
 
 log = structlog.get_logger()
 
@@ -75,6 +76,7 @@ class _ReadinessGuard:
             # the server's loop does, so a journal left by a killed process is written at start-up,
             # before (and without) any request.
             self.logger.writer.start()
+            send = _until_started(send, quiet_model_list())
         elif scope["type"] == "http" and scope["path"] == "/health/readiness":
             status, body = recording_health(self.logger)
             if status != 200:
@@ -88,6 +90,19 @@ class _ReadinessGuard:
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+
+def _until_started(send: Send, done: Callable[[], None]) -> Send:
+    """`send`, calling `done` when the server reports its start-up (complete or failed)."""
+
+    async def sending(message: Message) -> None:
+        if str(message.get("type", "")).startswith("lifespan.startup."):
+            done()
+        await send(message)
+
+    return sending
+
+
 #: The headers LiteLLM may take a key from (user_api_key_auth.get_api_key), in its order.
 _KEY_HEADERS = (
     "x-litellm-api-key",
