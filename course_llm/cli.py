@@ -147,6 +147,7 @@ def db_upgrade() -> None:
 
 
 #: How SQLite and PostgreSQL say that llm_calls is missing (a database nobody migrated).
+_WRAPPER = re.compile(r"^\((?:sqlalchemy|asyncpg|sqlite3)[\w.]*\) ")
 _NO_TABLE = re.compile(r"no such table: llm_calls|relation \"llm_calls\" does not exist")
 
 
@@ -161,7 +162,9 @@ def _run_db(action: Callable[[], Any], url: str) -> Any:
             if _NO_TABLE.search(str(exc)):
                 where = sqlite_file(url) or redact_url(url)
                 fail(f"database {where} has no llm_calls table: run `course-llm db upgrade` first")
-            fail(f"database error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            # SQLAlchemy prefixes the driver's message with its own class name: keep the message.
+            message = _WRAPPER.sub("", str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
+            fail(f"database error: {message}")
         raise
 
 
@@ -256,23 +259,39 @@ def calls(
     tenant: TenantOption = None,
     operation: OperationOption = None,
     request_id: RequestOption = None,
-    page: Annotated[int, typer.Option(help="page number, from 1")] = 1,
+    page: Annotated[int | None, typer.Option(help="page number, from 1 (counts every match)")] = None,
     page_size: Annotated[int, typer.Option(help="rows per page (1-1000)")] = 50,
+    cursor: Annotated[
+        str | None, typer.Option(help="continue after this next_cursor ('' = newest rows; no count)")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Recorded LLM attempts, newest first, one page at a time."""
-    from course_llm.db.usage import list_calls
+    """Recorded LLM attempts, newest first, one page at a time (by page number or by cursor)."""
+    from course_llm.db.usage import list_calls, list_calls_after
+    from course_llm.errors import UsageQueryError
+    from course_llm.reporting.paging import parse_cursor
     from course_llm.reporting.usage import parse_page
 
     filters = _filters(locals())
     with user_errors():
-        page, page_size = parse_page(page, page_size)
-    result = _query(lambda factory: list_calls(factory, filters, page, page_size))
+        if cursor is not None and page is not None:
+            raise UsageQueryError("cursor", "give --page or --cursor, not both")
+        number, page_size = parse_page(page, page_size)
+        after = parse_cursor(cursor) if cursor is not None else None
+    if cursor is not None:
+        result = _query(lambda factory: list_calls_after(factory, filters, after, page_size))
+    else:
+        result = _query(lambda factory: list_calls(factory, filters, number, page_size))
     if as_json:
         _print_json(result.as_dict())
         return
     print_table(calls_table(result.data))
-    out.print(f"page {result.page} of {result.total_pages} · {result.total} calls")
+    if result.total == 0:
+        out.print("no calls match")
+    elif result.total is not None:
+        out.print(f"page {result.page} of {result.total_pages} · {result.total} calls")
+    if result.next_cursor is not None:
+        out.print(f"next: --cursor {result.next_cursor}")
 
 
 @app.command()

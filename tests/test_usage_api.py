@@ -46,8 +46,9 @@ async def test_calls_returns_a_page_of_rows_newest_first_with_totals(client: htt
     response = await _get(client, "/usage/calls")
     assert response.status_code == 200
     body = response.json()
-    assert list(body) == ["data", "total", "page", "page_size", "total_pages"]
+    assert list(body) == ["data", "total", "page", "page_size", "total_pages", "next_cursor"]
     assert (body["total"], body["page"], body["page_size"], body["total_pages"]) == (9, 1, 50, 1)
+    assert body["next_cursor"] is None
     assert [(r["request_id"], r["attempt"]) for r in body["data"]] == NEWEST_FIRST
     assert body["data"][0]["metadata"] == {"tags": {"seed": "req-5"}}
 
@@ -56,6 +57,46 @@ async def test_calls_pages_cover_every_row_exactly_once(client: httpx.AsyncClien
     bodies = [(await _get(client, "/usage/calls", page=n, page_size=2)).json() for n in range(1, 6)]
     assert {b["total_pages"] for b in bodies} == {5}
     assert [(r["request_id"], r["attempt"]) for b in bodies for r in b["data"]] == NEWEST_FIRST
+
+
+async def test_calls_by_cursor_walk_every_row_once_and_count_nothing(client: httpx.AsyncClient) -> None:
+    seen, cursor, bodies = [], "", []
+    while cursor is not None:
+        body = (await _get(client, "/usage/calls", cursor=cursor, page_size=2)).json()
+        bodies.append(body)
+        seen += [(r["request_id"], r["attempt"]) for r in body["data"]]
+        cursor = body["next_cursor"]
+    assert seen == NEWEST_FIRST
+    assert len(bodies) == 5
+    assert {(b["total"], b["page"], b["total_pages"]) for b in bodies} == {(None, None, None)}
+
+
+async def test_a_numbered_page_hands_out_the_cursor_of_the_next(client: httpx.AsyncClient) -> None:
+    first = (await _get(client, "/usage/calls", page=1, page_size=4, status="error")).json()
+    assert first["total"] == 4
+    rest = (await _get(client, "/usage/calls", cursor=first["next_cursor"] or "", status="error")).json()
+    assert first["next_cursor"] is None  # 4 errors fill page 1 exactly: no row follows
+    assert len(rest["data"]) == 4  # an empty cursor starts again from the newest
+    first = (await _get(client, "/usage/calls", page=1, page_size=3, status="error")).json()
+    rest = (await _get(client, "/usage/calls", cursor=first["next_cursor"], status="error")).json()
+    assert [(r["request_id"], r["attempt"]) for r in rest["data"]] == [("req-1", 1)]
+    assert rest["next_cursor"] is None
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"cursor": "not-a-cursor"}, "cursor: is not a cursor this API handed out"),
+        ({"cursor": "x' OR 1=1 --"}, "cursor: is not a cursor this API handed out"),
+        ({"cursor": "", "page": "2"}, "cursor: give page or cursor, not both"),
+    ],
+)
+async def test_a_bad_cursor_is_a_400_with_a_reason(
+    client: httpx.AsyncClient, params: dict[str, str], message: str
+) -> None:
+    response = await _get(client, "/usage/calls", **params)
+    assert response.status_code == 400
+    assert response.json()["error"].startswith(message)
 
 
 async def test_calls_applies_every_filter_given(client: httpx.AsyncClient) -> None:

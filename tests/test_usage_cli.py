@@ -65,7 +65,7 @@ def test_calls_json_is_the_http_page_shape_newest_first() -> None:
     result = run("calls", "--json")
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout)
-    assert list(body) == ["data", "total", "page", "page_size", "total_pages"]
+    assert list(body) == ["data", "total", "page", "page_size", "total_pages", "next_cursor"]
     assert [(r["request_id"], r["attempt"]) for r in body["data"]] == NEWEST_FIRST
     assert list(body["data"][0]) == list(CALL_COLUMNS)
 
@@ -88,6 +88,28 @@ def test_calls_pages_cover_every_row_exactly_once() -> None:
         assert result.exit_code == 0, result.output
         seen += [(r["request_id"], r["attempt"]) for r in json.loads(result.stdout)["data"]]
     assert seen == NEWEST_FIRST
+
+
+@pytest.mark.usefixtures("seeded_url")
+def test_calls_by_cursor_walk_every_row_once_from_the_json_next_cursor() -> None:
+    seen, cursor = [], ""
+    while cursor is not None:
+        result = run("calls", "--json", "--cursor", cursor, "--page-size", "4")
+        assert result.exit_code == 0, result.output
+        body = json.loads(result.stdout)
+        assert body["total"] is None
+        seen += [(r["request_id"], r["attempt"]) for r in body["data"]]
+        cursor = body["next_cursor"]
+    assert seen == NEWEST_FIRST
+
+
+@pytest.mark.usefixtures("seeded_url")
+def test_calls_prints_the_cursor_of_the_next_page() -> None:
+    result = run("calls", "--page-size", "4")
+    assert result.exit_code == 0, result.output
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("next: --cursor ")]
+    rest = run("calls", "--json", "--cursor", line.removeprefix("next: --cursor "))
+    assert [(r["request_id"], r["attempt"]) for r in json.loads(rest.stdout)["data"]] == NEWEST_FIRST[4:]
 
 
 @pytest.mark.usefixtures("seeded_url")
@@ -184,6 +206,8 @@ def test_export_of_nothing_writes_only_the_csv_header(seeded_url: str, tmp_path:
         (["calls", "--status", "ok"], "error: status: 'ok' is not one of: success, error"),
         (["calls", "--since", "soon"], "error: since: 'soon' is neither an ISO 8601 time"),
         (["calls", "--page-size", "0"], "error: page_size: must be between 1 and 1000, got 0"),
+        (["calls", "--cursor", "bogus!"], "error: cursor: is not a cursor this API handed out"),
+        (["calls", "--cursor", "", "--page", "2"], "error: cursor: give --page or --cursor, not both"),
         (["usage", "--group-by", "action,price"], "error: group_by: unknown key 'price'"),
         (["usage", "--since", "2025-03-02", "--until", "2025-03-01"], "error: since: 2025-03-02T00:00:00"),
         (["export", "--format", "xml", "-o", "x.xml"], "error: format: 'xml' is not one of: csv, jsonl"),
@@ -200,6 +224,23 @@ def test_a_database_without_the_table_is_one_line_and_exit_1(
     monkeypatch.setenv("COURSE_LLM_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
     line = _one_line_error(run("usage", "--group-by", "action"))
     assert line.startswith("error: database ") and "has no llm_calls table" in line
+
+
+@pytest.mark.postgres
+def test_a_missing_postgresql_database_is_one_line_without_sqlalchemys_class_name(
+    postgres_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = postgres_database_url.rsplit("/", 1)[0] + "/course_llm_no_such_database"
+    monkeypatch.setenv("COURSE_LLM_DATABASE_URL", missing)
+    line = _one_line_error(run("calls"))
+    assert line == 'error: database error: database "course_llm_no_such_database" does not exist'
+
+
+@pytest.mark.usefixtures("seeded_url")
+def test_a_filter_that_matches_nothing_says_so_instead_of_page_1_of_0() -> None:
+    result = run("calls", "--action", "no_such_action")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.rstrip().endswith("no calls match") and "page 1 of 0" not in result.stdout
 
 
 def test_an_unreachable_database_server_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,9 @@ by hand from that table (row numbers in the comments refer to it).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,7 +17,14 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from course_llm.db import insert_records
-from course_llm.db.usage import count_matching, iter_calls, list_calls, request_attempts, summarize
+from course_llm.db.usage import (
+    count_matching,
+    iter_calls,
+    list_calls,
+    percentile,
+    request_attempts,
+    summarize,
+)
 from course_llm.recording.records import CallRecord
 from course_llm.reporting.usage import CALL_COLUMNS, FIGURES, UsageFilters, filters_from, parse_filters
 from tests.usage_seed import NEWEST_FIRST, seed
@@ -316,3 +325,35 @@ async def test_filter_values_are_bound_parameters_never_sql(seeded: Factory) -> 
     assert (await list_calls(seeded, hostile)).total == 0
     assert (await summarize(seeded, hostile, ["day"])).totals["calls"] == 0
     assert await count_matching(seeded, UsageFilters()) == 9
+
+
+async def test_percentiles_equal_percentile_cont_over_every_latency_of_each_group(
+    session_factory: Factory,
+) -> None:
+    rng = random.Random(3)
+    latency = lambda: rng.choice([rng.randint(1, 50) * 1.0, rng.random() * 9e3])  # noqa: E731  # ties and spread
+    records = [
+        CallRecord(request_id=f"lat-{i}", attempt=1, action=f"a{i % 5}", strategy="default",
+                   served_strategy="default", provider="gemini", model_id="flash", success=True, source="sdk",
+                   created_at=datetime(2025, 7, 1, tzinfo=UTC) + timedelta(seconds=i),
+                   latency_ms=None if i % 7 == 0 else latency())
+        for i in range(1, 200)
+    ]  # fmt: skip
+    records.append(dataclasses.replace(records[1], action="lone", latency_ms=42.5, id=uuid.uuid4()))
+    await insert_records(session_factory, records)
+    summary = await summarize(session_factory, UsageFilters(), ["action"])
+    by_action: dict[str, list[float]] = {}
+    for record in records:
+        if record.latency_ms is not None:
+            by_action.setdefault(record.action, []).append(record.latency_ms)
+    every = sorted(v for values in by_action.values() for v in values)
+    expected = [
+        (a, percentile(sorted(v), 0.5), percentile(sorted(v), 0.95)) for a, v in sorted(by_action.items())
+    ]
+    got = sorted((g["action"], g["p50_latency_ms"], g["p95_latency_ms"]) for g in summary.groups)
+    assert [a for a, *_ in got] == [a for a, *_ in expected]
+    assert [v for _, *values in got for v in values] == pytest.approx(
+        [v for _, *values in expected for v in values], rel=1e-12
+    )
+    totals = (summary.totals["p50_latency_ms"], summary.totals["p95_latency_ms"])
+    assert totals == pytest.approx((percentile(every, 0.5), percentile(every, 0.95)), rel=1e-12)

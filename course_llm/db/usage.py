@@ -1,4 +1,4 @@
-"""Usage reporting queries over llm_calls: pages of rows, summaries, one request's attempts, export.
+"""Usage reporting queries over llm_calls: summaries, one request's attempts, export (pages: `db/paging.py`).
 
 Each function takes a session factory and a `UsageFilters` (parsed from user input by
 `course_llm.reporting.usage`) and returns plain data: rows are dicts keyed by column name (`metadata` for the
@@ -15,9 +15,9 @@ Summary figures, per group and in total:
 - p50/p95 latency: continuous percentiles (linear interpolation, PostgreSQL's `percentile_cont`)
   over the rows with a known latency; None when there is none. PostgreSQL computes them in SQL
   (see `_summarize_postgresql` for the shape that keeps a 30-day summary of 500,000 rows near half
-  a second); SQLite has no percentile function, so its latencies are read once and the same
-  interpolation is done in Python (SQLite is the single-user default; big tables belong on
-  PostgreSQL).
+  a second). SQLite has no percentile function: window functions rank each group's latencies and
+  pick the two values around each percentile's position, and Python blends those two
+  (`_ranked_picks`, `_blend`), so no scan is ever read into Python and the loop never stalls.
 - `day` is the UTC calendar date of `created_at`, as YYYY-MM-DD; `hour` its UTC hour, as
   YYYY-MM-DDTHH:00:00Z.
 
@@ -32,7 +32,6 @@ and in the summary figures, so no report fails to render because of one row.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
@@ -43,7 +42,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from course_llm.db.filtering import (
     COLUMNS,
-    NEWEST_FIRST,
     ROW_COLUMNS,
     TABLE,
     conditions,
@@ -52,6 +50,7 @@ from course_llm.db.filtering import (
     resolve_request_id,
     row_dict,
 )
+from course_llm.db.paging import list_calls, list_calls_after
 from course_llm.db.session import SessionFactory
 from course_llm.reporting.usage import GROUP_KEYS, CallsPage, Summary, UsageFilters
 
@@ -62,6 +61,7 @@ __all__ = [
     "count_matching",
     "iter_calls",
     "list_calls",
+    "list_calls_after",
     "request_attempts",
     "summarize",
 ]
@@ -76,30 +76,6 @@ async def count_matching(session_factory: SessionFactory, filters: UsageFilters)
         filters = await resolve_filters(session, filters)
         statement = sa.select(sa.func.count()).select_from(TABLE).where(*conditions(filters))
         return int(await session.scalar(statement) or 0)
-
-
-async def list_calls(
-    session_factory: SessionFactory, filters: UsageFilters, page: int = 1, page_size: int = 50
-) -> CallsPage:
-    """Page `page` (from 1) of the matching rows, newest first, with the total count.
-
-    A page past the end is empty (its `total` still counts every matching row).
-    """
-    if page < 1 or page_size < 1:
-        raise ValueError(f"page and page_size must be >= 1, got {page}, {page_size}")
-    async with session_factory() as session:
-        filters = await resolve_filters(session, filters)
-        statement = (
-            sa.select(*ROW_COLUMNS)
-            .where(*conditions(filters))
-            .order_by(*NEWEST_FIRST)
-            .limit(page_size)
-            .offset((page - 1) * page_size)
-        )
-        total_statement = sa.select(sa.func.count()).select_from(TABLE).where(*conditions(filters))
-        total = int(await session.scalar(total_statement) or 0)
-        rows = (await session.execute(statement)).mappings().all() if total else []
-    return CallsPage(data=[row_dict(row) for row in rows], total=total, page=page, page_size=page_size)
 
 
 async def request_attempts(session_factory: SessionFactory, request_id: str) -> list[dict[str, Any]]:
@@ -205,11 +181,6 @@ def percentile(ordered: Sequence[float], fraction: float) -> float | None:
     return ordered[lower] + (position - lower) * (ordered[upper] - ordered[lower])
 
 
-def _percentiles(values: Sequence[float] | None) -> dict[str, float | None]:
-    values = values or []
-    return {key: percentile(values, f) for key, f in zip(_LATENCY_KEYS, _FRACTIONS, strict=True)}
-
-
 Rows = tuple[list[dict[str, Any]], dict[str, Any]]
 
 
@@ -273,30 +244,78 @@ def _unpack(row: sa.RowMapping) -> dict[str, Any]:
     return values
 
 
+def _ranked_picks(
+    keys: list[sa.ColumnElement[Any]], conditions: list[sa.ColumnElement[bool]]
+) -> sa.Select[Any]:
+    """Per group of `keys`: its latency count `n` and, per fraction, the two ranked values to blend.
+
+    Each row with a latency is ranked within its group (`row_number() - 1` over the group ordered by
+    latency, window functions since SQLite 3.25); a group keeps only the values at rank
+    floor(f·(n-1)) and the next one (capped at n-1), as `lo_<i>` and `hi_<i>` for fraction i.
+    """
+    partition = [key.element if isinstance(key, sa.Label) else key for key in keys]
+    over: dict[str, Any] = {"partition_by": partition} if partition else {}
+    ranked = (
+        sa.select(
+            *keys,
+            _C.latency_ms.label("value"),
+            (sa.func.row_number().over(order_by=_C.latency_ms, **over) - 1).label("rank"),
+            sa.func.count().over(**over).label("n"),
+        )
+        .where(*conditions, _C.latency_ms.is_not(None))
+        .subquery("ranked")
+    )
+    picks: list[sa.ColumnElement[Any]] = []
+    for index, fraction in enumerate(_FRACTIONS):
+        # CAST truncates, which is floor() for the non-negative position; the fraction is bound as a
+        # float so SQLite multiplies the same doubles as `percentile`.
+        lower = sa.cast(sa.bindparam(f"f{index}", fraction, sa.Float()) * (ranked.c.n - 1), sa.Integer())
+        upper = sa.func.min(lower + 1, ranked.c.n - 1)
+        picks.append(sa.func.max(sa.case((ranked.c.rank == lower, ranked.c.value))).label(f"lo_{index}"))
+        picks.append(sa.func.max(sa.case((ranked.c.rank == upper, ranked.c.value))).label(f"hi_{index}"))
+    names = [key.name for key in keys]
+    group = [ranked.c[name] for name in names]
+    return sa.select(*group, sa.func.max(ranked.c.n).label("n"), *picks).group_by(*group)
+
+
+def _blend(row: Mapping[str, Any]) -> dict[str, float | None]:
+    """The percentiles of one `_ranked_picks` row, interpolated exactly as `percentile` does."""
+    n = row["n"]
+    figures: dict[str, float | None] = {}
+    for index, (name, fraction) in enumerate(zip(_LATENCY_KEYS, _FRACTIONS, strict=True)):
+        if not n:
+            figures[name] = None
+            continue
+        position = fraction * (n - 1)
+        low, high = row[f"lo_{index}"], row[f"hi_{index}"]
+        figures[name] = low + (position - math.floor(position)) * (high - low)
+    return figures
+
+
 async def _summarize_portable(
     session: AsyncSession, keys: list[sa.ColumnElement[Any]], conditions: list[sa.ColumnElement[bool]]
 ) -> Rows:
-    """Groups and totals for databases without percentile functions (SQLite).
+    """Groups and totals for databases without percentile functions (SQLite), all in SQL.
 
-    Sums in SQL; latencies are streamed once and the percentiles computed in Python, holding one
-    float per matching row (SQLite is the single-user default; big tables belong on PostgreSQL).
+    Sums are plain aggregates; each percentile is picked from a window-ranked scan by
+    `_ranked_picks`, so only two values per group and fraction reach Python, which interpolates
+    them (`_blend`) like `percentile` would over every latency. The statements run in aiosqlite's
+    thread, so a summary of any size leaves the event loop free.
     """
     totals = dict((await session.execute(sa.select(*_sum_columns()).where(*conditions))).mappings().one())
+    totals.update(_blend((await session.execute(_ranked_picks([], conditions))).mappings().one()))
     groups = []
     if keys:
         statement = sa.select(*keys, *_sum_columns()).where(*conditions).group_by(*keys)
         groups = [dict(row) for row in (await session.execute(statement)).mappings()]
-    per_group: defaultdict[Key, list[float]] = defaultdict(list)
-    everything: list[float] = []
-    latencies = sa.select(*keys, _C.latency_ms).where(*conditions, _C.latency_ms.is_not(None))
-    result = await session.stream(latencies.execution_options(yield_per=10_000))
-    async for row in result:
-        per_group[tuple(row[:-1])].append(row[-1])
-        everything.append(row[-1])
     names = [key.name for key in keys]
+    per_group: dict[Key, dict[str, float | None]] = {}
+    if keys:
+        result = await session.execute(_ranked_picks(keys, conditions))
+        per_group = {tuple(row[n] for n in names): _blend(row) for row in result.mappings()}
+    empty = _blend({"n": 0})  # a group whose rows all lack a latency
     for group in groups:
-        group.update(_percentiles(sorted(per_group.get(tuple(group[n] for n in names), []))))
-    totals.update(_percentiles(sorted(everything)))
+        group.update(per_group.get(tuple(group[n] for n in names), empty))
     return groups, totals
 
 

@@ -2,6 +2,9 @@
 
 Beyond docs/architecture.md's contract routes:
 
+- `GET /usage/calls?cursor=` pages by keyset (`course_llm.reporting.paging`): every page answers
+  `next_cursor`; a cursor page counts nothing (`total` null), so page 100,000 costs what page 1 does.
+
 - `GET /usage/requests?…filters…&page=&page_size=`: one line per request (not per attempt),
   newest first, paginated like `/usage/calls`, with `totals` {requests, failed_requests,
   error_rate} over every page: the request-level error rate (`course_llm.reporting.requests`).
@@ -45,9 +48,17 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from course_llm.db import SessionFactory, is_database_error
 from course_llm.db.requests import list_requests, tag_breakdown
-from course_llm.db.usage import count_matching, iter_calls, list_calls, request_attempts, summarize
+from course_llm.db.usage import (
+    count_matching,
+    iter_calls,
+    list_calls,
+    list_calls_after,
+    request_attempts,
+    summarize,
+)
 from course_llm.errors import UsageQueryError
 from course_llm.recording.clean import clean_value
+from course_llm.reporting.paging import parse_cursor
 from course_llm.reporting.requests import request_line
 from course_llm.reporting.usage import (
     FILTER_NAMES,
@@ -147,14 +158,24 @@ def create_usage_router(
 
     @router.get("/usage/calls")
     async def usage_calls(request: Request) -> Response:
-        """Matching llm_calls rows, newest first, one page at a time."""
+        """Matching llm_calls rows, newest first, one page at a time, by `page` or by `cursor`.
+
+        `page` (OFFSET) counts: `total` and `total_pages`. `cursor` (keyset, the `next_cursor` of
+        the previous page; empty for the newest rows) stays fast at any depth and counts nothing:
+        `total`, `page` and `total_pages` are null. Both hand out `next_cursor`, null on the last page.
+        """
 
         async def answer(factory: SessionFactory, params: dict[str, str]) -> dict[str, Any]:
             filters = filters_from(_filters(params))
+            if "cursor" in params and "page" in params:
+                raise UsageQueryError("cursor", "give page or cursor, not both")
             page, page_size = parse_page(params.get("page"), params.get("page_size"))
+            if "cursor" in params:
+                cursor = parse_cursor(params["cursor"])
+                return (await list_calls_after(factory, filters, cursor, page_size)).as_dict()
             return (await list_calls(factory, filters, page, page_size)).as_dict()
 
-        return await serve(request, (*FILTER_NAMES, "page", "page_size"), answer)
+        return await serve(request, (*FILTER_NAMES, "page", "page_size", "cursor"), answer)
 
     @router.get("/usage/summary")
     async def usage_summary(request: Request) -> Response:

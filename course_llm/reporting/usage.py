@@ -11,9 +11,10 @@ Numbers from users are bounded, so a hostile value is a 400 (or a one-line CLI e
 overflow deep in a query: spans up to `MAX_SPAN`, times clamped into `[MIN_TIME, MAX_TIME]`, pages
 up to `MAX_PAGE`; a NUL character in any value is refused.
 
-Also here: the result types (`CallsPage`, `Summary`) and the row formats of `export` (CSV, JSONL),
-pure functions of the row dicts the queries return. CSV text cells that start with `=`, `+`, `-`,
-`@`, a tab or a CR get a leading `'` (OWASP, "CSV Injection"): a spreadsheet shows, never runs, them.
+Also here: the result types (`Summary`; `CallsPage` lives in `course_llm.reporting.paging`) and
+the row formats of `export` (CSV, JSONL), pure functions of the row dicts the queries return. CSV
+text cells that start with `=`, `+`, `-`, `@`, a tab or a CR get a leading `'` (OWASP, "CSV
+Injection"): a spreadsheet shows, never runs, them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import re
 from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TextIO, get_args
 
 from course_llm.errors import UsageQueryError
+from course_llm.reporting.paging import CallsPage
 
 __all__ = [
     "CALL_COLUMNS",
@@ -163,30 +164,6 @@ class UsageFilters:
     tenant_id: str | None = None
     operation: str | None = None
     request_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CallsPage:
-    """One page of llm_calls rows, newest first: the body of `GET /usage/calls`."""
-
-    data: list[dict[str, Any]]
-    total: int
-    page: int
-    page_size: int
-
-    @property
-    def total_pages(self) -> int:
-        """How many pages `total` rows fill (0 when no row matches)."""
-        return math.ceil(self.total / self.page_size)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "data": self.data,
-            "total": self.total,
-            "page": self.page,
-            "page_size": self.page_size,
-            "total_pages": self.total_pages,
-        }
 
 
 @dataclass(frozen=True, slots=True)
