@@ -67,8 +67,11 @@ def _write_checkpoint(segment: Path, offset: int) -> None:
     os.replace(scratch, target)
 
 
-def read_lines(fd: int, start: int, end: int, limit_bytes: int = _READ_CHUNK) -> tuple[list[bytes], int]:
-    """Whole lines of `fd` from `start`, stopping before `end` and after about `limit_bytes`.
+def read_lines(
+    fd: int, start: int, end: int, limit_bytes: int = _READ_CHUNK, max_lines: int | None = None
+) -> tuple[list[bytes], int]:
+    """Whole lines of `fd` from `start`, stopping before `end`, after about `limit_bytes` and after
+    `max_lines` lines (blank ones included).
 
     Returns the lines (newline stripped, blank ones dropped) and the offset after the last whole
     line. A line with no newline before `end` is a torn write in progress or the tail of a crash:
@@ -84,8 +87,11 @@ def read_lines(fd: int, start: int, end: int, limit_bytes: int = _READ_CHUNK) ->
             cut = data.rfind(b"\n")
         if cut < 0:
             return [], start
-    body = data[: cut + 1]
-    return [line for line in body.split(b"\n") if line.strip()], start + len(body)
+    pieces = data[:cut].split(b"\n")
+    if max_lines is not None and len(pieces) > max_lines:
+        pieces = pieces[: max(max_lines, 1)]
+    read = sum(len(piece) for piece in pieces) + len(pieces)  # each piece and its newline
+    return [line for line in pieces if line.strip()], start + read
 
 
 @dataclass
@@ -100,8 +106,10 @@ class Segment:
     def size(self) -> int:
         return os.fstat(self.fd).st_size
 
-    def read(self, end: int | None = None) -> tuple[list[bytes], int]:
-        return read_lines(self.fd, self.checkpoint, self.size if end is None else end)
+    def read(self, end: int | None = None, *, max_lines: int | None = None) -> tuple[list[bytes], int]:
+        """Whole lines after the checkpoint (at most `max_lines`), and the offset after them."""
+        end = self.size if end is None else end
+        return read_lines(self.fd, self.checkpoint, end, max_lines=max_lines)
 
     def torn_tail(self) -> bytes:
         """Bytes after the last newline (a write cut short by a crash or a full disk)."""
