@@ -41,7 +41,8 @@ def plain_console(**options: Any) -> Console:
     return Console(markup=False, emoji=False, highlight=False, **options)
 
 
-out = plain_console()
+# Lines are never wrapped at the terminal width: a path or a cursor cut in two cannot be pasted.
+out = plain_console(soft_wrap=True)
 err = plain_console(stderr=True)
 
 

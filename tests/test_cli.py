@@ -23,6 +23,19 @@ def test_check_prints_every_chain_and_exits_zero() -> None:
     assert "claude-sonnet" in result.output and "course_structuring" in result.output
 
 
+def test_a_long_path_in_a_message_is_printed_on_one_line_at_any_terminal_width(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deep = tmp_path / ("a-rather-long-directory-name-" * 3) / "config"
+    deep.mkdir(parents=True)
+    registry = deep / "models.yaml"
+    registry.write_text((ROOT / "config" / "models.yaml").read_text())
+    monkeypatch.setenv("COLUMNS", "60")  # narrower than the line: rich would wrap it
+    result = runner.invoke(app, ["check", "--registry", str(registry)])
+    assert result.exit_code == 0, result.output
+    assert f"registry OK: {registry}" in result.output.splitlines()
+
+
 def test_check_on_a_bad_registry_prints_one_line_naming_file_and_key(tmp_path: Path) -> None:
     data = yaml.safe_load((ROOT / "config" / "models.yaml").read_text())
     data["routing"]["video_analysis"]["quality"][1] = "gpt-5"
