@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import shlex
+import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -108,3 +112,29 @@ def test_the_plan_does_not_show_its_secrets() -> None:
         )
     )
     assert "sk-secret" not in shown and "hunter2" not in shown
+
+
+async def test_start_up_freezes_what_it_built_and_gives_stdout_back() -> None:
+    from course_llm.proxy.routes import _ReadinessGuard
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        print("\033[32mLiteLLM: Proxy initialized with Config, Set models:\033[0m")
+        assert gc.get_freeze_count() == 0  # not before start-up has finished
+        await send({"type": "lifespan.startup.complete"})
+
+    writers_started: list[bool] = []
+    logger = SimpleNamespace(writer=SimpleNamespace(start=lambda: writers_started.append(True)))
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    stdout = sys.stdout
+    gc.unfreeze()
+    try:
+        await _ReadinessGuard(app, logger)({"type": "lifespan"}, None, send)
+        assert gc.get_freeze_count() > 0
+        assert sys.stdout is stdout
+        assert sent == [{"type": "lifespan.startup.complete"}] and writers_started == [True]
+    finally:
+        gc.unfreeze()

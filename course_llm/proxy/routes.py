@@ -16,6 +16,7 @@ nothing else answered becomes a JSON error with a fitting status (`refusal_for_e
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -76,7 +77,7 @@ class _ReadinessGuard:
             # the server's loop does, so a journal left by a killed process is written at start-up,
             # before (and without) any request.
             self.logger.writer.start()
-            send = _until_started(send, quiet_model_list())
+            send = _until_started(send, _after_start_up(quiet_model_list()))
         elif scope["type"] == "http" and scope["path"] == "/health/readiness":
             status, body = recording_health(self.logger)
             if status != 200:
@@ -90,6 +91,17 @@ class _ReadinessGuard:
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+
+def _after_start_up(restore_stdout: Callable[[], None]) -> Callable[[], None]:
+    def started() -> None:
+        restore_stdout()
+        # What start-up built (LiteLLM's modules, its router, the config) lives as long as the
+        # process: keep it out of the garbage collector's scans, which otherwise walk some 370,000
+        # such objects in every full collection, holding the event loop up to 0.24 s each.
+        gc.freeze()
+
+    return started
 
 
 def _until_started(send: Send, done: Callable[[], None]) -> Send:
