@@ -250,7 +250,9 @@ def test_every_section_the_repository_cites_in_the_architecture_document_exists(
 
 def test_a_section_reference_matches_a_heading_that_starts_with_it() -> None:
     document = "# Title\n\n## Durability: journal, checkpoint, replay\n\n### Usage reporting\n"
-    code = 'see docs/architecture.md, "Durability" and docs/architecture.md ("Usage\n    reporting — contract")'
+    code = (
+        'see docs/architecture.md, "Durability" and docs/architecture.md ("Usage\n    reporting — contract")'
+    )
     assert section_references(code) == ["Durability", "Usage reporting — contract"]
     assert has_section(document, "Durability")
     assert has_section(document, "Usage reporting — contract")
