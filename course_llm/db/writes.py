@@ -4,7 +4,8 @@ The logging writer calls `insert_records` with a batch of rows. A batch may be w
 writer replays its spool file after the database comes back, and it cannot know whether a batch that
 failed mid-commit reached the table. So the INSERT skips rows whose id is already there
 (`ON CONFLICT (id) DO NOTHING`, spelled the same on SQLite and PostgreSQL), and replaying a batch
-leaves exactly one row per attempt.
+leaves exactly one row per attempt. PostgreSQL is written by binary COPY into a staging table and
+one INSERT … SELECT (course_llm/db/copy.py), SQLite by row INSERTs.
 
 Reporting queries (filters, summaries, pages) live elsewhere; these reads are only what proves a
 write happened.
@@ -17,12 +18,14 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from course_llm.db.copy import copy_records
 from course_llm.db.models import LLMCall
 from course_llm.db.session import SessionFactory
 from course_llm.recording.records import CallRecord
 
-__all__ = ["count_calls", "fetch_request", "insert_records"]
+__all__ = ["count_calls", "fetch_request", "insert_records", "insert_rows"]
 
 _TABLE: sa.Table = LLMCall.__table__  # type: ignore[assignment]  # declared as FromClause; it is a Table
 
@@ -66,15 +69,33 @@ async def insert_records(session_factory: SessionFactory, records: Sequence[Call
     """Insert `records` in one transaction; return how many rows were new.
 
     Rows whose id is already in the table are skipped, so the same batch can be replayed safely.
-    Errors propagate: the caller (the logging writer) decides whether to spool and retry.
+    PostgreSQL gets them by binary COPY through a staging table (course_llm/db/copy.py), SQLite by
+    row INSERTs. Errors propagate, as SQLAlchemy raises them on either path: the caller (the
+    logging writer) decides whether to spool and retry.
     """
     if not records:
         return 0
-    rows = [_clipped(record.as_dict()) for record in records]
     async with session_factory() as session, session.begin():
-        statement = _insert_ignoring_duplicates(session.get_bind().dialect.name)
-        result = await session.execute(statement, rows)
-        return len(result.all())
+        connection = await session.connection()
+        if connection.dialect.name == "postgresql":
+            return await copy_records(connection, records)
+        return await _insert_rows(session, records)
+
+
+async def insert_rows(session_factory: SessionFactory, records: Sequence[CallRecord]) -> int:
+    """`insert_records` by row INSERTs on any database: the path PostgreSQL took before COPY,
+    kept for SQLite and as the benchmark's baseline (bench/bench_logging.py)."""
+    if not records:
+        return 0
+    async with session_factory() as session, session.begin():
+        return await _insert_rows(session, records)
+
+
+async def _insert_rows(session: AsyncSession, records: Sequence[CallRecord]) -> int:
+    rows = [_clipped(record.as_dict()) for record in records]
+    statement = _insert_ignoring_duplicates(session.get_bind().dialect.name)
+    result = await session.execute(statement, rows)
+    return len(result.all())
 
 
 async def count_calls(session_factory: SessionFactory) -> int:

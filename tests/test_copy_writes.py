@@ -1,0 +1,214 @@
+"""The write path of `insert_records`: binary COPY through a staging table on PostgreSQL, row INSERTs
+on SQLite, and the same behaviour seen from outside on both (course_llm/db/copy.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from course_llm.db import count_calls, create_session_factory, dispose_session_factory, fetch_request
+from course_llm.db.errors import is_transient_db_error
+from course_llm.db.writes import insert_records
+from course_llm.recording.records import CallRecord, new_id
+from course_llm.recording.rejects import LoudLog, Rejects
+from course_llm.recording.sink import DatabaseSink
+
+Factory = async_sessionmaker[AsyncSession]
+
+
+def record(**overrides: Any) -> CallRecord:
+    values: dict[str, Any] = {
+        "request_id": "req-copy",
+        "attempt": 1,
+        "action": "course_structuring",
+        "strategy": "quality",
+        "served_strategy": "default",
+        "provider": "anthropic",
+        "model_id": "claude-sonnet",
+        "success": True,
+        "source": "proxy",
+    }
+    values.update(overrides)
+    return CallRecord(**values)
+
+
+def varied_batch() -> list[CallRecord]:
+    """Rows that exercise every encoding: unicode, big metadata, nulls, offsets, microseconds."""
+    return [
+        record(
+            attempt=1,
+            created_at=datetime(2025, 3, 4, 5, 6, 7, 891011, tzinfo=UTC),
+            tokens_in=1234,
+            tokens_out=567,
+            latency_ms=812.25,
+            cost_usd=0.001234,
+            status_code=429,
+            error_class="RateLimitError",
+            error_message='réessayez — 再試行 🚀 "quoted" \\ back\tslash\nnewline',
+            stream=True,
+            cache_hit=True,
+            tenant_id="acme",
+            operation="grade_essay",
+            end_user="user-42",
+            metadata={"tags": {"course": "bio101", "wk": 3}, "list": [1, 2.5, None, {"deep": True}]},
+        ),
+        record(
+            attempt=2, created_at=datetime(2024, 12, 31, 23, 59, 59, 1, tzinfo=timezone(timedelta(hours=-7)))
+        ),
+        record(
+            attempt=3,
+            created_at=datetime(2025, 6, 1, 0, 0, 0, 999999, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+            metadata={f"key-{i}": "ü" * 200 + str(i) for i in range(500)},  # about 100 kB of JSON
+            error_message="x" * 5000,
+        ),
+    ]
+
+
+async def test_a_batch_reads_back_equal_field_by_field(session_factory: Factory) -> None:
+    batch = varied_batch()
+
+    assert await insert_records(session_factory, batch) == len(batch)
+
+    stored = {row.id: row.as_dict() for row in await fetch_request(session_factory, "req-copy")}
+    assert set(stored) == {r.id for r in batch}
+    for written in batch:
+        expected = written.as_dict()
+        read = stored[written.id]
+        assert read["created_at"] == expected.pop("created_at")  # the same instant
+        assert read["created_at"].utcoffset() == timedelta(0)
+        read.pop("created_at")
+        assert read == expected
+
+
+async def test_an_id_reads_back_as_the_same_uuid(session_factory: Factory) -> None:
+    row = record(id=uuid.UUID("01234567-89ab-7def-8123-456789abcdef"))
+
+    await insert_records(session_factory, [row])
+
+    (stored,) = await fetch_request(session_factory, "req-copy")
+    assert stored.id == row.id and isinstance(stored.id, uuid.UUID)
+
+
+async def test_the_same_batch_written_twice_is_inserted_once(session_factory: Factory) -> None:
+    batch = [record(attempt=n) for n in range(1, 2001)]
+
+    assert await insert_records(session_factory, batch) == 2000
+    assert await insert_records(session_factory, batch) == 0
+    assert await count_calls(session_factory) == 2000
+
+
+async def test_two_batches_in_one_outer_transaction_count_only_their_own_new_rows(
+    rollback_session_factory: Factory,
+) -> None:
+    # The staging table empties at commit; inside a caller's transaction it must not carry rows over.
+    first, second = [record(attempt=1), record(attempt=2)], [record(attempt=3)]
+
+    assert await insert_records(rollback_session_factory, first) == 2
+    assert await insert_records(rollback_session_factory, second) == 1
+    assert await count_calls(rollback_session_factory) == 3
+
+
+async def test_strings_longer_than_their_column_are_cut_to_its_length(session_factory: Factory) -> None:
+    await insert_records(session_factory, [record(tenant_id="t" * 500, end_user="ü" * 300)])
+
+    (stored,) = await fetch_request(session_factory, "req-copy")
+    assert stored.tenant_id == "t" * 128
+    assert stored.end_user == "ü" * 256
+
+
+async def test_a_row_the_database_refuses_is_set_aside_and_the_rest_of_the_batch_is_written(
+    session_factory: Factory, tmp_path: Path
+) -> None:
+    rejects = Rejects(tmp_path / "rejected.jsonl", LoudLog())
+    sink = DatabaseSink(
+        session_factory, None, rejects, write_timeout_s=30, retry_attempts=1, where=str(tmp_path)
+    )
+    bad = record(attempt=2, request_id=None)  # NOT NULL; clean_record would have filled it in
+    batch = [record(attempt=1), bad, record(attempt=3)]
+
+    assert await sink.write(batch) is True
+
+    assert await count_calls(session_factory) == 2
+    assert sink.down_since is None
+    refused = (tmp_path / "rejected.jsonl").read_text()
+    assert str(bad.id) in refused and refused.count("\n") == 1
+
+
+async def test_a_naive_created_at_is_refused_as_a_row_error(session_factory: Factory) -> None:
+    with pytest.raises(sa.exc.StatementError, match="naive datetime") as caught:
+        await insert_records(session_factory, [record(created_at=datetime(2025, 1, 1))])
+
+    assert not is_transient_db_error(caught.value)
+    assert await count_calls(session_factory) == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# PostgreSQL only: the COPY itself
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_a_postgresql_write_goes_through_the_staging_table(postgres_database_url: str) -> None:
+    factory = create_session_factory(postgres_database_url, pool_size=1, max_overflow=0)
+    try:
+        await insert_records(factory, [record(request_id=str(new_id()))])
+        async with factory() as session:  # the same pooled connection: temp tables are per connection
+            staging = await session.scalar(sa.text("SELECT to_regclass('pg_temp.course_llm_calls_staging')"))
+    finally:
+        await dispose_session_factory(factory)
+    assert staging is not None
+
+
+async def _terminate_when_copying(url: str) -> int:
+    """Wait until a COPY into the staging table runs, then kill its backend; return its pid."""
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        while True:
+            pid = await connection.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE state = 'active' "
+                "AND query LIKE 'COPY %course_llm_calls_staging%' AND pid <> pg_backend_pid()"
+            )
+            if pid is not None:
+                await connection.execute("SELECT pg_terminate_backend($1)", pid)
+                return int(pid)
+            await asyncio.sleep(0.005)
+    finally:
+        await connection.close()
+
+
+@pytest.mark.postgres
+async def test_a_connection_lost_during_the_copy_is_a_transient_error_and_the_pool_recovers(
+    postgres_database_url: str,
+) -> None:
+    factory = create_session_factory(postgres_database_url, pool_size=1, max_overflow=0, pool_pre_ping=False)
+    request_id = str(new_id())
+    batch = [
+        record(request_id=request_id, attempt=n % 30_000, error_message="e" * 200) for n in range(300_000)
+    ]
+    try:
+        killer = asyncio.create_task(_terminate_when_copying(postgres_database_url))
+        with pytest.raises(Exception) as caught:  # any class: how it is classified is the point
+            await asyncio.wait_for(insert_records(factory, batch), 15)
+        assert not isinstance(caught.value, TimeoutError), "the write hung once its connection was gone"
+        await asyncio.wait_for(killer, 30)
+
+        assert is_transient_db_error(caught.value), repr(caught.value)
+        # The dead connection was invalidated, not handed out again: the next write succeeds.
+        assert await insert_records(factory, batch[:10]) == 10
+    finally:
+        if not killer.done():
+            killer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await killer
+        async with factory() as session, session.begin():
+            await session.execute(sa.text("DELETE FROM llm_calls WHERE request_id = :r"), {"r": request_id})
+        await dispose_session_factory(factory)
