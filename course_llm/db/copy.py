@@ -10,9 +10,12 @@ that are already there (a replayed batch). So a batch goes, in one transaction:
    deleted by the same statement (a caller's outer transaction may call us again before its commit
    empties the table). Casting text to `varchar(n)` cuts it, as `_clipped` does for row INSERTs.
 
-The Python side costs one `attrgetter` call and one `json.dumps` per row: the tuples are built
-straight from `CallRecord` attributes in the staging table's column order. The COPY bypasses
-SQLAlchemy, so its errors are translated here into the ones SQLAlchemy would raise
+The Python side costs one `attrgetter` call and one orjson encoding (of the metadata) per row:
+the tuples are built straight from `CallRecord` attributes in the staging table's column order.
+The error translation below uses the asyncpg adapter's `_handle_exception`, a private method of
+SQLAlchemy 2.1 (pinned): check it when SQLAlchemy is upgraded (tests/test_copy_writes.py will).
+
+The COPY bypasses SQLAlchemy, so its errors are translated here into the ones SQLAlchemy would raise
 (`DBAPIError` with the SQLSTATE; `StatementError` for a value refused before sending), and a
 connection lost during the COPY is invalidated and reported like any other disconnect: the
 callers (course_llm/db/errors.py, the writer's sink) cannot tell the two paths apart.
