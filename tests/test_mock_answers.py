@@ -13,6 +13,7 @@ import httpx
 import jsonschema
 import pytest
 from fastapi import FastAPI
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from course_llm.proxy.mock import MOCK_PATH, create_mock_router
 from course_llm.routing.mock_answers import MAX_MOCK_SIZE, answer, expected_model, failures
@@ -167,3 +168,58 @@ def test_a_client_schema_asking_for_millions_gets_generic_json_instead_of_holdin
     data = json.loads(answer("gpt-4o-mini", user("huge"), json_schema_format(schema)).text)
 
     assert "value" not in data and data["summary"] == "mock answer"
+
+
+class _Strict(BaseModel):
+    """Refuses its own computed field back (extra="forbid")."""
+
+    model_config = ConfigDict(extra="forbid")
+    a: int
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def double(self) -> int:
+        return self.a * 2
+
+
+class _Aliased(BaseModel):
+    """Validates `nm`/`name` but serialises `full_name`."""
+
+    name: str = Field(validation_alias=AliasChoices("nm", "name"), serialization_alias="full_name")
+
+
+class _Ordered(BaseModel):
+    """Refuses about half of all random draws."""
+
+    lo: int
+    hi: int
+
+    @model_validator(mode="after")
+    def ordered(self) -> _Ordered:
+        if self.lo > self.hi:
+            raise ValueError("lo > hi")
+        return self
+
+
+@pytest.mark.parametrize("model", [_Strict, _Aliased, _Ordered])
+@pytest.mark.parametrize("attempt", range(5))
+def test_an_expected_model_gets_an_answer_it_validates_whatever_its_config(
+    model: type[BaseModel], attempt: int
+) -> None:
+    token = expected_model.set(model)
+    try:
+        text = answer("gpt-4o-mini", user("fit"), {"type": "json_object"}).text
+    finally:
+        expected_model.reset(token)
+
+    model.model_validate_json(text)
+
+
+FULL_WIDTH_503 = "\uff15\uff10\uff13"
+
+
+@pytest.mark.parametrize("status", ["5²", "99999", "200", "abc", "-503", FULL_WIDTH_503])
+def test_a_directive_with_a_status_that_is_no_error_status_is_ignored(status: str) -> None:
+    assert failures(f"[mock-fail gemini-2.5-flash={status}] [mock-fail claude-sonnet=429]") == {
+        "claude-sonnet": 429
+    }

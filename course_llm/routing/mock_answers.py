@@ -27,7 +27,7 @@ from functools import lru_cache
 from typing import Any
 
 import structlog
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 __all__ = ["MOCK_FAIL_ENV", "MockAnswer", "answer", "expected_model", "fitting_json", "text_of"]
 
@@ -58,13 +58,18 @@ class MockAnswer:
         return f"mock failure {self.status}"
 
 
+_ERROR_STATUS = re.compile(r"[45][0-9][0-9]")
+
+
 def failures(text: str) -> dict[str, int]:
     """Model id → HTTP status, from COURSE_LLM_MOCK_FAIL and the `[mock-fail …]` directives in `text`."""
     found: dict[str, int] = {}
     for source in [os.environ.get(MOCK_FAIL_ENV, ""), *_DIRECTIVE.findall(text)]:
         for item in re.split(r"[,\s]+", source.strip()):
             model, _, status = item.partition("=")
-            if model and status.isdigit():
+            # An error status only (400-599, ASCII digits): anything else in a prompt is ignored,
+            # never passed on as a status the mock server cannot send.
+            if model and _ERROR_STATUS.fullmatch(status):
                 found[model] = int(status)
     return found
 
@@ -98,12 +103,42 @@ def _generic_json(model: str) -> str:
     return json.dumps({"model": model, "summary": "mock answer", "items": ["one", "two", "three"]})
 
 
+#: Random builds tried before giving up on a model (a `model_validator` may refuse some of them).
+_BUILDS = 10
+
+
 def fitting_json(model: type[BaseModel]) -> str:
-    """A JSON document that validates against `model`, made up by polyfactory."""
+    """A JSON document that validates against `model` (checked), made up by polyfactory.
+
+    The dump leaves out computed fields (an `extra="forbid"` model refuses them back) and is tried
+    with and without serialization aliases, since validation may accept only one of the two.
+    """
     from polyfactory.factories.pydantic_factory import ModelFactory
 
     factory = ModelFactory.create_factory(model)
-    return factory.build().model_dump_json(by_alias=True)
+    refused: ValidationError | None = None
+    for _ in range(_BUILDS):
+        try:
+            instance = factory.build()
+        except ValidationError as exc:  # a validator refused this random draw
+            refused = exc
+            continue
+        for by_alias in (True, False):
+            text = instance.model_dump_json(by_alias=by_alias, exclude_computed_fields=True)
+            try:
+                model.model_validate_json(text)
+            except ValidationError as exc:
+                refused = exc
+                continue
+            return text
+    raise ValueError(f"no built {model.__name__} validates: {_first_error(refused)}")
+
+
+def _first_error(error: ValidationError | None) -> str:
+    if error is None:
+        return "nothing built"
+    first = error.errors()[0]
+    return f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']}"
 
 
 #: The most characters, items or properties the mock makes for one value of a client's schema. A
@@ -165,7 +200,9 @@ def _structured(model: str, response_format: Any) -> str:
         if schema is not None:
             return fitting_json(_model_for_schema(json.dumps(schema, sort_keys=True)))
     except Exception as exc:  # any schema the libraries cannot handle (RecursionError included)
-        log.warning("mock_schema_unsupported", model=model, error=f"{type(exc).__name__}: {exc}"[:300])
+        # One line: a ValidationError's text spans several.
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        log.warning("mock_schema_unsupported", model=model, error=reason)
     return _generic_json(model)
 
 
