@@ -340,3 +340,12 @@ def test_random_poisoned_metadata_always_comes_out_storable(seed: int) -> None:
     assert storable(cleaned)
     if TRUNCATED_KEY not in cleaned:
         assert cleaned == clean_value(dirty)  # nothing cut: every entry kept
+
+
+def test_a_journal_line_holding_an_integer_beyond_64_bits_reads_back_as_that_integer() -> None:
+    # Not cleaned: encode's fallback writes it (as an earlier release's journal would hold it).
+    row = record(metadata={"n": 10**20, "m": -(2**63) - 1, "small": 7})
+    back = decode(encode(row))
+    assert back is not None
+    assert back.metadata == {"n": 10**20, "m": -(2**63) - 1, "small": 7}
+    assert all(type(value) is int for value in back.metadata.values())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -43,13 +44,25 @@ def encode(record: CallRecord) -> bytes:
         return (_ENCODER.encode(record.to_json()) + "\n").encode()
 
 
+#: A run of digits that may be an integer beyond 64 bits, which orjson would read as a float.
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+
+
 def decode(line: bytes) -> CallRecord | None:
-    """The row of a journal line; None for a line that is no row (a write cut short)."""
+    """The row of a journal line; None for a line that is no row (a write cut short).
+
+    orjson reads an integer beyond 64 bits as a float, silently: a line that may hold one (written
+    by `encode`'s fallback, or by an earlier release that kept such integers) is read by the
+    standard parser, as is anything orjson refuses (NaN, the lines of a 0.1 spool file).
+    """
     try:
-        try:
-            data = orjson.loads(line)
-        except ValueError:  # orjson.JSONDecodeError; the standard parser also takes NaN, a huge
-            data = json.loads(line)  # integer, and the lines of a 0.1 spool file
+        if _LONG_NUMBER.search(line) is not None:
+            data = json.loads(line)
+        else:
+            try:
+                data = orjson.loads(line)
+            except ValueError:  # orjson.JSONDecodeError
+                data = json.loads(line)
         return CallRecord.from_json(data)
     except (ValueError, TypeError, KeyError):
         return None
