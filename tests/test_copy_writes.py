@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from course_llm.db import count_calls, create_session_factory, dispose_session_factory, fetch_request
 from course_llm.db.errors import is_transient_db_error
-from course_llm.db.writes import insert_records
+from course_llm.db.writes import insert_records, insert_rows
 from course_llm.recording.records import CallRecord, new_id
 from course_llm.recording.rejects import LoudLog, Rejects
 from course_llm.recording.sink import DatabaseSink
@@ -212,3 +212,19 @@ async def test_a_connection_lost_during_the_copy_is_a_transient_error_and_the_po
         async with factory() as session, session.begin():
             await session.execute(sa.text("DELETE FROM llm_calls WHERE request_id = :r"), {"r": request_id})
         await dispose_session_factory(factory)
+
+
+async def test_metadata_keys_that_are_not_text_are_spelled_as_the_row_insert_path_spells_them(
+    session_factory: Factory,
+) -> None:
+    metadata: dict[Any, Any] = {1e-7: "float key", 2: "int key", True: "bool key", "text": 1}
+    by_copy = record(request_id="req-keys-copy", metadata=metadata)
+    by_insert = record(request_id="req-keys-insert", metadata=metadata)
+
+    await insert_records(session_factory, [by_copy])  # COPY on PostgreSQL
+    await insert_rows(session_factory, [by_insert])  # row INSERTs everywhere
+
+    (copied,) = await fetch_request(session_factory, "req-keys-copy")
+    (inserted,) = await fetch_request(session_factory, "req-keys-insert")
+    assert copied.as_dict()["metadata"] == inserted.as_dict()["metadata"]
+    assert "1e-07" in copied.as_dict()["metadata"]  # json.dumps' spelling

@@ -54,8 +54,9 @@ _PLAIN_VALUES = operator.attrgetter(*_NAMES[:-1])
 #: SQLAlchemy's asyncpg dialect encodes JSONB from text; json.dumps is what it would have used, for
 #: the rare metadata orjson refuses (an integer beyond 64 bits, a lone surrogate).
 _to_json = json.JSONEncoder().encode
-#: Integer keys written as text, as json.dumps writes them.
-_ORJSON = orjson.OPT_NON_STR_KEYS
+#: No OPT_NON_STR_KEYS: orjson spells a float key unlike json.dumps ("1e-7" / "1e-07"), so
+#: metadata with a key that is not text goes to json.dumps, as the row-INSERT path writes it.
+_ORJSON = 0
 
 
 def _staging_type(column: sa.Column[Any]) -> str:
