@@ -157,6 +157,8 @@ def _run_db(action: Callable[[], Any], url: str) -> Any:
 
     try:
         return action()
+    except ImportError as exc:  # a URL whose driver is not installed (mysql://, …)
+        fail(f"cannot open {redact_url(url)}: {exc} (course_llm writes to SQLite and PostgreSQL)")
     except Exception as exc:
         if is_database_error(exc):
             if _NO_TABLE.search(str(exc)):

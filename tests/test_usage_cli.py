@@ -243,6 +243,20 @@ def test_a_filter_that_matches_nothing_says_so_instead_of_page_1_of_0() -> None:
     assert result.stdout.rstrip().endswith("no calls match") and "page 1 of 0" not in result.stdout
 
 
+@pytest.mark.parametrize("command", [["calls"], ["db", "upgrade"]])
+def test_a_url_for_a_database_course_llm_does_not_support_is_one_line_without_its_password(
+    command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COURSE_LLM_DATABASE_URL", "mysql://user:hunter2@db.example/calls")
+    result = run(*command)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: cannot open mysql://user:***@db.example/calls: No module named"
+    )
+    assert "hunter2" not in result.output
+
+
 def test_an_unreachable_database_server_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch) -> None:
     # Port 9 (discard) has no PostgreSQL behind it: the connection is refused at once.
     monkeypatch.setenv("COURSE_LLM_DATABASE_URL", "postgresql://postgres@127.0.0.1:9/nowhere")
