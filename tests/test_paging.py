@@ -12,6 +12,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from course_llm.db import insert_records
@@ -132,3 +133,32 @@ def test_a_malformed_or_forged_cursor_is_a_usage_error_naming_the_field(raw: str
     with pytest.raises(UsageQueryError) as caught:
         parse_cursor(raw)
     assert caught.value.field == "cursor"
+
+
+async def test_a_cursor_walk_ends_over_rows_another_writer_stored_in_other_text_forms(
+    session_factory: Factory,
+) -> None:
+    async with session_factory() as session:
+        if session.get_bind().dialect.name != "sqlite":
+            pytest.skip("only SQLite keeps the text another writer stored")
+    stored = [
+        ("2025-03-01 12:00:00", "aaaaaaaa-bbbb-4bbb-8bbb-bbbbbbbbbbbb"),  # no fraction, dashed id
+        ("2025-03-01 12:00:00", "aaaaaaaa5bbb4bbb8bbbbbbbbbbbbbbb"),
+        ("2025-03-01 12:00:00.000000", "aaaaaaaa-cccc-4ccc-8ccc-cccccccccccc"),
+        ("2025-03-01 11:00:00.000000", "11111111111141118111111111111111"),
+    ]
+    async with session_factory() as session, session.begin():
+        for n, (ts, row_id) in enumerate(stored):
+            await session.execute(
+                sa.text(
+                    "INSERT INTO llm_calls (id, request_id, attempt, created_at, action, strategy, "
+                    "served_strategy, provider, model_id, success, source, metadata, stream, cache_hit) "
+                    "VALUES (:id, :rid, 1, :ts, 'a', 's', 's', 'p', 'm', 1, 'sdk', '{}', 0, 0)"
+                ),
+                {"id": row_id, "rid": f"raw-{n}", "ts": ts},
+            )
+    everything = (await list_calls(session_factory, UsageFilters(), page_size=100)).data
+    for page_size in (1, 2, 3):
+        pages = await _walk(session_factory, UsageFilters(), page_size)
+        assert [r for page in pages for r in page] == [r["id"] for r in everything]
+    assert len(everything) == 4

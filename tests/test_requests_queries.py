@@ -210,3 +210,80 @@ async def test_like_wildcards_in_a_prefix_match_only_themselves(uuid_ids: Factor
 async def test_a_whole_short_id_is_taken_as_it_is(seeded: Factory) -> None:
     attempts: list[dict[str, Any]] = await request_attempts(seeded, "req-1")
     assert [a["attempt"] for a in attempts] == [1, 2]
+
+
+# --- review fixes: outcome over every attempt, case-sensitive prefixes, tag labels ---------------
+
+
+async def test_a_request_rescued_by_a_fallback_succeeded_whatever_attempts_the_filter_picks(
+    session_factory: Factory,
+) -> None:
+    start = datetime(2025, 3, 1, 12, tzinfo=UTC)
+    await insert_records(
+        session_factory,
+        [
+            row(0, request_id="rescued", model_id="sonnet", success=False, created_at=start),
+            row(
+                0, request_id="rescued", attempt=2, model_id="flash", created_at=start + timedelta(seconds=1)
+            ),
+            row(
+                0,
+                request_id="failed",
+                model_id="sonnet",
+                success=False,
+                created_at=start + timedelta(seconds=5),
+            ),
+        ],
+    )
+    by_sonnet = await list_requests(session_factory, parse_filters(model_id="sonnet"))
+    assert {line["request_id"]: line["success"] for line in by_sonnet.data} == {
+        "rescued": True,
+        "failed": False,
+    }
+    assert by_sonnet.as_dict()["totals"] == {"requests": 2, "failed_requests": 1, "error_rate": 0.5}
+    errors = await list_requests(session_factory, parse_filters(model_id="sonnet", status="error"))
+    assert [line["request_id"] for line in errors.data] == ["failed"]
+    assert errors.as_dict()["totals"] == {"requests": 1, "failed_requests": 1, "error_rate": 1.0}
+
+
+async def test_a_prefix_matches_request_ids_case_sensitively(session_factory: Factory) -> None:
+    await insert_records(
+        session_factory, [row(0, request_id="0190abcd-0001-7000"), row(0, request_id="0190ABCD-ffff")]
+    )
+    assert [a["request_id"] for a in await request_attempts(session_factory, "0190ABCD")] == ["0190ABCD-ffff"]
+    assert [a["request_id"] for a in await request_attempts(session_factory, "0190abcd")] == [
+        "0190abcd-0001-7000"
+    ]
+    assert await request_attempts(session_factory, "0190ABCD-0001") == []
+
+
+async def test_tag_labels_are_spelled_alike_on_both_databases(session_factory: Factory) -> None:
+    tags: list[Any] = [
+        ["beta", 1, 2.5, True, None],
+        {"nested": {"b": 1, "a": [1, 2.0]}, "lst": [1, 2]},
+        {"n": 1e20, "f": 1.0, "big": 2**62},
+        [{"x": 1}],
+        {"": "empty"},  # an empty key labels by the value alone, as a list element would
+        {"none": None},
+    ]
+    await insert_records(session_factory, [row(i, metadata={"tags": t}) for i, t in enumerate(tags)])
+    labels = sorted(g["tag"] for g in await tag_breakdown(session_factory, UsageFilters()))
+    assert labels == sorted(
+        [
+            "beta", "1", "2.5", "true", "null",
+            'nested={"a":[1,2],"b":1}', "lst=[1,2]",
+            "n=1e+20", "f=1", f"big={2**62}",
+            '{"x":1}',
+            "empty",
+            "none=null",
+        ]
+    )  # fmt: skip
+
+
+async def test_a_tag_that_is_1_and_1_0_on_two_rows_is_one_group(session_factory: Factory) -> None:
+    await insert_records(
+        session_factory, [row(1, metadata={"tags": {"v": 1}}), row(2, metadata={"tags": {"v": 1.0}})]
+    )
+    assert [(g["tag"], g["calls"]) for g in await tag_breakdown(session_factory, UsageFilters())] == [
+        ("v=1", 2)
+    ]

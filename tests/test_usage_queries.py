@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from course_llm.db import insert_records
@@ -357,3 +358,41 @@ async def test_percentiles_equal_percentile_cont_over_every_latency_of_each_grou
     )
     totals = (summary.totals["p50_latency_ms"], summary.totals["p95_latency_ms"])
     assert totals == pytest.approx((percentile(every, 0.5), percentile(every, 0.95)), rel=1e-12)
+
+
+# --- rows another writer stored on SQLite in plain SQL -------------------------------------------
+
+_RAW_INSERT = (
+    "INSERT INTO llm_calls (id, request_id, attempt, created_at, action, strategy, served_strategy, "
+    "provider, model_id, success, source, metadata, stream, cache_hit, tokens_in) VALUES "
+    "(:id, :rid, 1, :ts, 'a', 's', 's', 'p', 'm', 1, 'sdk', '{}', 0, 0, :tokens)"
+)
+
+
+async def _sqlite_rows(factory: Factory, rows: list[tuple[str, str, int]]) -> None:
+    """Rows (created_at text, id text, tokens_in) written by plain SQL; SQLite only."""
+    async with factory() as session:
+        if session.get_bind().dialect.name != "sqlite":
+            pytest.skip("SQLite keeps what plain SQL writes as it is; PostgreSQL types it")
+    async with factory() as session, session.begin():
+        for n, (ts, row_id, tokens) in enumerate(rows):
+            await session.execute(
+                sa.text(_RAW_INSERT), {"id": row_id, "rid": f"raw-{n}", "ts": ts, "tokens": tokens}
+            )
+
+
+async def test_token_sums_past_sqlite_integer_range_still_summarize(session_factory: Factory) -> None:
+    stamp = "2025-03-01 12:00:00.000000"
+    await _sqlite_rows(session_factory, [(stamp, uuid.uuid4().hex, 2**62), (stamp, uuid.uuid4().hex, 2**62)])
+    summary = await summarize(session_factory, UsageFilters(), ["action"])
+    assert summary.totals["tokens_in"] == 2**63
+    assert [g["tokens_in"] for g in summary.groups] == [2**63]
+
+
+async def test_since_an_exact_instant_keeps_a_row_stored_without_fraction(session_factory: Factory) -> None:
+    await _sqlite_rows(
+        session_factory,
+        [("2025-03-01 12:00:00", uuid.uuid4().hex, 1), ("2025-03-01 11:59:59.999999", uuid.uuid4().hex, 1)],
+    )
+    assert await count_matching(session_factory, parse_filters(since="2025-03-01T12:00:00Z")) == 1
+    assert await count_matching(session_factory, parse_filters(until="2025-03-01T12:00:00Z")) == 1

@@ -14,7 +14,14 @@ the `request_id` a user typed into the one stored id it names, before any report
   must not silently merge two requests), none leaves the filter as typed, so it matches no row.
 
 The prefix lookup is a `LIKE 'prefix%'` with `%`, `_` and the escape character itself escaped, so
-`req_1` matches only `req_1…`, never `reqX1…`.
+`req_1` matches only `req_1…`, never `reqX1…`. LIKE ignores case on SQLite (not on PostgreSQL), so
+`substr(request_id, 1, n) = prefix` beside it makes the match exact and case-sensitive on both,
+while the LIKE keeps the request_id index range.
+
+Time bounds (`since`, `until`) are bound through `_TimeBound`: SQLite compares the stored text, and
+a row another writer stored as `2025-03-01 12:00:00` (no fraction) sorts before the
+`2025-03-01 12:00:00.000000` SQLAlchemy would bind, so a whole-second bound is bound without the
+fraction, which orders correctly against both forms.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -40,6 +49,7 @@ __all__ = [
     "TABLE",
     "conditions",
     "finite",
+    "int_sum",
     "resolve_filters",
     "resolve_request_id",
     "row_dict",
@@ -67,13 +77,43 @@ NEWEST_FIRST = (COLUMNS.created_at.desc(), COLUMNS.id.desc())
 _AMBIGUITY_SHOWN = 10
 
 
+class _TimeBound(sa.TypeDecorator[datetime]):
+    """A `since`/`until` instant: the column's own type, but on SQLite the shortest stored text form."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.String())
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None or dialect.name != "sqlite":
+            return value
+        utc = value.astimezone(UTC)
+        text = utc.strftime("%Y-%m-%d %H:%M:%S")
+        return f"{text}.{utc.microsecond:06d}" if utc.microsecond else text
+
+
+def int_sum(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:
+    """The sum of an integer column, 0 over no rows; read it with `int()`.
+
+    SQLite's `sum()` raises "integer overflow" past 2**63 (two rows of 2**62 tokens written by
+    plain SQL would fail every report), so SQLite sums with `total()`, a float: exact up to 2**53.
+    """
+    if dialect == "sqlite":
+        return sa.func.total(column, type_=sa.Float())
+    return sa.func.coalesce(sa.func.sum(column), 0)
+
+
 def conditions(filters: UsageFilters, *, status: bool = True) -> list[sa.ColumnElement[bool]]:
     """The WHERE clause of `filters` (without the `status` filter when `status` is False)."""
     where: list[sa.ColumnElement[bool]] = []
     if filters.since is not None:
-        where.append(COLUMNS.created_at >= filters.since)
+        where.append(COLUMNS.created_at >= sa.bindparam(None, filters.since, _TimeBound()))
     if filters.until is not None:
-        where.append(COLUMNS.created_at < filters.until)
+        where.append(COLUMNS.created_at < sa.bindparam(None, filters.until, _TimeBound()))
     for name in _EQUALITY_FILTERS:
         value = getattr(filters, name)
         if value is not None:
@@ -99,7 +139,10 @@ async def resolve_request_id(session: AsyncSession, typed: str) -> str:
         raise UsageQueryError("request_id", message)
     matching = (
         sa.select(COLUMNS.request_id)
-        .where(COLUMNS.request_id.like(like_prefix(typed), escape="\\"))
+        .where(
+            COLUMNS.request_id.like(like_prefix(typed), escape="\\"),
+            sa.func.substr(COLUMNS.request_id, 1, len(typed)) == typed,
+        )
         .distinct()
         .limit(_AMBIGUITY_SHOWN + 1)
     )
@@ -149,7 +192,7 @@ def finite(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def row_dict(row: sa.RowMapping) -> dict[str, Any]:
+def row_dict(row: Mapping[Any, Any]) -> dict[str, Any]:
     """A result row as JSON-friendly data: the uuid as a string, the timestamp as ISO 8601 UTC."""
     data = dict(row)
     data["id"] = str(data["id"])

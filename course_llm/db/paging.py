@@ -10,6 +10,14 @@ any index that leads with `created_at` (or follows an equality filter, `ix_llm_c
 and the like), so a page 100,000 rows deep reads about one page of index entries. Ties on
 `created_at` are ordered by id (PostgreSQL sorts the few equal timestamps incrementally), so rows
 written at the same instant are neither skipped nor repeated.
+
+SQLite orders the stored text. Rows another writer stored in another form (`2025-03-01 12:00:00`
+without the fraction, a dashed uuid) read back as the same datetime and uuid, but bound again
+they become `…12:00:00.000000` and the hex id, which sort *after* the stored text, so the row
+would follow its own cursor forever. On SQLite the page therefore also reads each row's stored
+text (`type_coerce(..., String)`), the cursor carries it when it is not the canonical form, and the
+next page compares text to text, in the very order of ORDER BY. As a last guard a page never
+hands out the cursor it was given.
 """
 
 from __future__ import annotations
@@ -28,10 +36,38 @@ from course_llm.db.filtering import (
     row_dict,
 )
 from course_llm.db.session import SessionFactory
-from course_llm.reporting.paging import CallsPage, Cursor, encode_cursor
+from course_llm.reporting.paging import MAX_STORED_LENGTH, CallsPage, Cursor, encode_cursor
 from course_llm.reporting.usage import UsageFilters
 
 __all__ = ["list_calls", "list_calls_after"]
+
+
+#: SQLite: the stored text of the keyset columns, read beside the row (not part of the row dict).
+_STORED = (
+    sa.type_coerce(COLUMNS.created_at, sa.String()).label("_stored_created_at"),
+    sa.type_coerce(COLUMNS.id, sa.String()).label("_stored_id"),
+)
+_STORED_KEYS = tuple(column.name for column in _STORED)
+
+
+def _columns(dialect: str) -> list[Any]:
+    return [*ROW_COLUMNS, *_STORED] if dialect == "sqlite" else list(ROW_COLUMNS)
+
+
+def _stored(row: Any) -> tuple[str, str] | None:
+    """The row's stored keyset text when it differs from the form SQLAlchemy writes, else None."""
+    if _STORED_KEYS[0] not in row:
+        return None
+    time_text, id_text = row[_STORED_KEYS[0]], row[_STORED_KEYS[1]]
+    canonical = (row["created_at"].strftime("%Y-%m-%d %H:%M:%S.%f"), row["id"].hex)
+    if (time_text, id_text) == canonical:
+        return None
+    stored = (str(time_text), str(id_text))
+    return stored if all(len(part) <= MAX_STORED_LENGTH for part in stored) else None
+
+
+def _data(rows: list[Any], page_size: int) -> list[dict[str, Any]]:
+    return [row_dict({k: v for k, v in row.items() if k not in _STORED_KEYS}) for row in rows[:page_size]]
 
 
 def _next_cursor(rows: list[Any], page_size: int) -> str | None:
@@ -39,7 +75,19 @@ def _next_cursor(rows: list[Any], page_size: int) -> str | None:
     if len(rows) <= page_size:
         return None
     last = rows[page_size - 1]
-    return encode_cursor(Cursor(created_at=last["created_at"], id=last["id"]))
+    return encode_cursor(Cursor(created_at=last["created_at"], id=last["id"], stored=_stored(last)))
+
+
+def _after(cursor: Cursor, dialect: str) -> list[sa.ColumnElement[bool]]:
+    """Rows strictly after `cursor` in NEWEST_FIRST order (compared as stored text when it has one)."""
+    created_at: sa.ColumnElement[Any] = COLUMNS.created_at
+    row_id: sa.ColumnElement[Any] = COLUMNS.id
+    at: Any = cursor.created_at
+    before: Any = cursor.id
+    if dialect == "sqlite" and cursor.stored is not None:
+        created_at, row_id = (sa.type_coerce(column, sa.String()) for column in (created_at, row_id))
+        at, before = cursor.stored
+    return [created_at <= at, sa.or_(created_at < at, row_id < before)]
 
 
 async def list_calls(
@@ -55,7 +103,7 @@ async def list_calls(
     async with session_factory() as session:
         filters = await resolve_filters(session, filters)
         statement = (
-            sa.select(*ROW_COLUMNS)
+            sa.select(*_columns(session.get_bind().dialect.name))
             .where(*conditions(filters))
             .order_by(*NEWEST_FIRST)
             .limit(page_size + 1)
@@ -65,7 +113,7 @@ async def list_calls(
         total = int(await session.scalar(total_statement) or 0)
         rows = list((await session.execute(statement)).mappings().all()) if total else []
     return CallsPage(
-        data=[row_dict(row) for row in rows[:page_size]],
+        data=_data(rows, page_size),
         total=total,
         page=page,
         page_size=page_size,
@@ -82,26 +130,20 @@ async def list_calls_after(
     """
     if page_size < 1:
         raise ValueError(f"page_size must be >= 1, got {page_size}")
-    where = []
-    if cursor is not None:
-        created_at, row_id = COLUMNS.created_at, COLUMNS.id
-        where = [
-            created_at <= cursor.created_at,
-            sa.or_(created_at < cursor.created_at, row_id < cursor.id),
-        ]
     async with session_factory() as session:
         filters = await resolve_filters(session, filters)
+        dialect = session.get_bind().dialect.name
+        where = _after(cursor, dialect) if cursor is not None else []
         statement = (
-            sa.select(*ROW_COLUMNS)
+            sa.select(*_columns(dialect))
             .where(*conditions(filters), *where)
             .order_by(*NEWEST_FIRST)
             .limit(page_size + 1)
         )
         rows = list((await session.execute(statement)).mappings().all())
+    next_cursor = _next_cursor(rows, page_size)
+    if cursor is not None and next_cursor == encode_cursor(cursor):  # never a walk that cannot end
+        next_cursor = None
     return CallsPage(
-        data=[row_dict(row) for row in rows[:page_size]],
-        total=None,
-        page=None,
-        page_size=page_size,
-        next_cursor=_next_cursor(rows, page_size),
+        data=_data(rows, page_size), total=None, page=None, page_size=page_size, next_cursor=next_cursor
     )

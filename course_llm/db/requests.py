@@ -1,30 +1,52 @@
 """Request-level queries over llm_calls: one line per request, and the breakdown by tag.
 
 `list_requests` pages through requests (not attempts), newest first: the requests that have at
-least one attempt matching the filters, ordered by their first attempt's start. The `status`
-filter means the request's final outcome here (`error`: no attempt succeeded), not the status
-of single attempts. Each line is built by `course_llm.reporting.requests.request_line` from
+least one attempt matching the filters, ordered by their first attempt's start. The filters
+pick the requests; a request's outcome (success: any attempt succeeded), the `status` filter
+and the failed count are over *every* attempt of the request, so a request that `model_id=sonnet`
+picks by its failed first attempt, and that a fallback to another model rescued, succeeded.
+`status=error` means the final outcome (no attempt succeeded), not the status of single
+attempts. Each line is built by `course_llm.reporting.requests.request_line` from
 *every* attempt of the request, so a request that began before `since` still shows all its
-hops. The page costs two statements: one grouped by request id (the ids of the page and the
-counts), one reading the attempts of those ids through the request_id index.
+hops. The page costs three statements, each through the request_id index: the counts, the ids
+of the page, and the attempts of those ids.
 
 `tag_breakdown` groups the matching attempts by tag. The `tags` of a row's metadata are what the
 caller gave: a mapping (`{"course": "bio101"}`, one group per `course=bio101`), a list
-(`["beta"]`, one group per element) or a single value. JSON functions differ per database:
-SQLite's table-valued `json_each`, PostgreSQL's `jsonb_each_text`/`jsonb_array_elements_text`
-in a LATERAL subquery; both give the same labels for strings and numbers (`true`, `false` and
-`null` are spelled so on both).
+(`["beta"]`, one group per element) or a single value. JSON functions differ per database
+(SQLite's table-valued `json_each`, PostgreSQL's `jsonb_each`/`jsonb_array_elements` in a LATERAL
+subquery) and so does how each spells a JSON value as text (`[1,2]` or `[1, 2]`, `1.0e+20` or
+`100000000000000000000`). So SQL groups by (key, JSON type, value) and `_label` spells every label
+in Python, one way on both databases:
+
+- a string is itself, `true`, `false` and `null` are so spelled;
+- a number is an integer when its value is whole and fits 64 bits (`1.0` is `1`), else Python's
+  float repr (`2.5`, `1e+20`);
+- an object or array is compact JSON with sorted keys, its numbers spelled as above;
+- a mapping member is `key=value`, except under an empty key, where it is its value alone (as a
+  list element would be), never `=value`.
+
+Groups whose labels agree (`1` and `1.0` on PostgreSQL) are merged.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from course_llm.db.filtering import COLUMNS, ROW_COLUMNS, conditions, finite, resolve_filters, row_dict
+from course_llm.db.filtering import (
+    COLUMNS,
+    ROW_COLUMNS,
+    conditions,
+    finite,
+    int_sum,
+    resolve_filters,
+    row_dict,
+)
 from course_llm.db.session import SessionFactory
 from course_llm.reporting.requests import RequestsPage, request_line
 from course_llm.reporting.usage import UsageFilters
@@ -40,6 +62,9 @@ async def list_requests(
         raise ValueError(f"page and page_size must be >= 1, got {page}, {page_size}")
     async with session_factory() as session:
         filters = await resolve_filters(session, filters)
+        # The filters pick the requests; the outcome is over *every* attempt of each: a request
+        # rescued by a fallback on another model succeeded even when `model_id` picks the failure.
+        matching = sa.select(COLUMNS.request_id).where(*conditions(filters, status=False))
         succeeded = sa.func.max(sa.case((COLUMNS.success == sa.true(), 1), else_=0))
         per_request = (
             sa.select(
@@ -47,7 +72,7 @@ async def list_requests(
                 sa.func.min(COLUMNS.created_at).label("started_at"),
                 succeeded.label("succeeded"),
             )
-            .where(*conditions(filters, status=False))
+            .where(COLUMNS.request_id.in_(matching))
             .group_by(COLUMNS.request_id)
         )
         if filters.status is not None:
@@ -82,35 +107,77 @@ async def _attempts_of(session: AsyncSession, ids: list[str]) -> dict[str, list[
 
 # --- tags ----------------------------------------------------------------------------------------
 
-#: PostgreSQL: one row per tag of the enclosing llm_calls row, whatever the shape of its tags.
+#: PostgreSQL: one row per tag of the enclosing llm_calls row, whatever the shape of its tags:
+#: the member's key (NULL for a list element or a single value), its JSON type, its text (`#>>`).
 _POSTGRESQL_TAGS = """
-SELECT key || '=' || coalesce(value, 'null') AS tag FROM jsonb_each_text(
+SELECT key AS key, jsonb_typeof(value) AS kind, value #>> '{}' AS value FROM jsonb_each(
     CASE WHEN jsonb_typeof(llm_calls.metadata -> 'tags') = 'object' THEN llm_calls.metadata -> 'tags' END)
 UNION ALL
-SELECT coalesce(value, 'null') FROM jsonb_array_elements_text(
+SELECT NULL, jsonb_typeof(value), value #>> '{}' FROM jsonb_array_elements(
     CASE WHEN jsonb_typeof(llm_calls.metadata -> 'tags') = 'array' THEN llm_calls.metadata -> 'tags' END)
 UNION ALL
-SELECT llm_calls.metadata ->> 'tags'
+SELECT NULL, jsonb_typeof(llm_calls.metadata -> 'tags'), llm_calls.metadata ->> 'tags'
 WHERE jsonb_typeof(llm_calls.metadata -> 'tags') IN ('string', 'number', 'boolean')
 """
 
+_TagColumns = tuple[sa.ColumnElement[Any], sa.ColumnElement[Any], sa.ColumnElement[Any]]
 
-def _tag_source(dialect: str) -> tuple[sa.ColumnElement[str], sa.FromClause, list[sa.ColumnElement[bool]]]:
-    """The tag label, the FROM clause that yields one row per (attempt, tag), and its own conditions."""
+
+def _tag_source(dialect: str) -> tuple[_TagColumns, sa.FromClause, list[sa.ColumnElement[bool]]]:
+    """(key, kind, value) of a tag, the FROM clause with one row per (attempt, tag), its conditions."""
     table = COLUMNS.id.table
     if dialect == "postgresql":
-        tags = sa.lateral(sa.text(_POSTGRESQL_TAGS).columns(sa.column("tag", sa.String())), name="tags")
-        return tags.c.tag, table.join(tags, sa.true()), []
+        columns = [sa.column(name, sa.String()) for name in ("key", "kind", "value")]
+        tags = sa.lateral(sa.text(_POSTGRESQL_TAGS).columns(*columns), name="tags")
+        return (tags.c.key, tags.c.kind, tags.c.value), table.join(tags, sa.true()), []
     each = sa.func.json_each(COLUMNS.metadata, "$.tags").table_valued(
-        sa.column("key", sa.String()), sa.column("value", sa.String()), sa.column("type", sa.String())
+        sa.column("key"),
+        sa.column("value"),
+        sa.column("type", sa.String()),
+        sa.column("fullkey", sa.String()),
     )
-    value = sa.case(
-        (each.c.type.in_(("true", "false", "null")), each.c.type),
-        else_=sa.cast(each.c.value, sa.String()),
-    )
-    label = sa.case((sa.func.typeof(each.c.key) == "text", each.c.key.concat("=").concat(value)), else_=value)
-    # A row whose metadata is not JSON (plain SQL may write anything) would fail json_each.
-    return label, table.join(each, sa.true()), [sa.func.json_valid(COLUMNS.metadata) == 1]
+    key = sa.case((sa.func.typeof(each.c.key) == "text", each.c.key))
+    own = [
+        # A row whose metadata is not JSON (plain SQL may write anything) would fail json_each.
+        sa.func.json_valid(COLUMNS.metadata) == 1,
+        # `"tags": null` is no tag (json_each yields one null row for it; PostgreSQL none).
+        sa.or_(each.c.type != "null", each.c.fullkey != "$.tags"),
+    ]
+    return (key, each.c.type, each.c.value), table.join(each, sa.true()), own
+
+
+def _number(value: Any) -> int | float:
+    """A JSON number, spelled alike on both databases: whole values within 64 bits are integers."""
+    number: int | float
+    if isinstance(value, str):
+        try:
+            number = int(value)
+        except ValueError:
+            number = float(value)
+    else:
+        number = value
+    if isinstance(number, float) and number.is_integer() and abs(number) < 2**63:
+        return int(number)
+    if isinstance(number, int) and abs(number) >= 2**63:  # SQLite reads such a number as a float
+        return float(number)
+    return number
+
+
+def _label(key: Any, kind: Any, value: Any) -> str:
+    """The label of one tag from its (key, JSON type, value) as either database reports them."""
+    if kind in ("true", "false", "null"):  # SQLite's types for those
+        text = str(kind)
+    elif kind in ("boolean", "text", "string"):  # PostgreSQL spells its booleans `true`/`false`
+        text = str(value)
+    elif kind in ("integer", "real", "number"):
+        text = str(_number(value))
+    else:  # object or array
+        parsed = json.loads(str(value), parse_int=_number, parse_float=_number)
+        text = json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return f"{key}={text}" if key else text
+
+
+_SUMMED = ("calls", "failures", "tokens_in", "tokens_out", "cost_usd")
 
 
 async def tag_breakdown(session_factory: SessionFactory, filters: UsageFilters) -> list[dict[str, Any]]:
@@ -121,34 +188,47 @@ async def tag_breakdown(session_factory: SessionFactory, filters: UsageFilters) 
     """
     async with session_factory() as session:
         filters = await resolve_filters(session, filters)
-        label, source, own = _tag_source(session.get_bind().dialect.name)
-        tag = label.label("tag")
+        dialect = session.get_bind().dialect.name
+        (key, kind, value), source, own = _tag_source(dialect)
         statement = (
             sa.select(
-                tag,
+                key.label("key"),
+                kind.label("kind"),
+                value.label("value"),
                 sa.func.count().label("calls"),
                 sa.func.count().filter(COLUMNS.success == sa.false()).label("failures"),
-                sa.func.coalesce(sa.func.sum(COLUMNS.tokens_in), 0).label("tokens_in"),
-                sa.func.coalesce(sa.func.sum(COLUMNS.tokens_out), 0).label("tokens_out"),
+                int_sum(COLUMNS.tokens_in, dialect).label("tokens_in"),
+                int_sum(COLUMNS.tokens_out, dialect).label("tokens_out"),
                 sa.func.coalesce(sa.func.sum(COLUMNS.cost_usd), 0.0).label("cost_usd"),
             )
             .select_from(source)
             .where(*conditions(filters), *own)
-            .group_by(label)
+            .group_by(key, kind, value)
         )
         rows = (await session.execute(statement)).mappings().all()
-    groups = [
-        {
-            "tag": row["tag"],
+    merged: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        figures = {
             "calls": int(row["calls"]),
             "failures": int(row["failures"]),
-            "error_rate": int(row["failures"]) / int(row["calls"]),
             "tokens_in": int(row["tokens_in"] or 0),
             "tokens_out": int(row["tokens_out"] or 0),
-            "cost_usd": finite(float(row["cost_usd"] or 0.0)),
+            "cost_usd": float(row["cost_usd"] or 0.0),
         }
-        for row in rows
-        if row["tag"] is not None
+        group = merged.setdefault(_label(row["key"], row["kind"], row["value"]), dict.fromkeys(_SUMMED, 0))
+        for name in _SUMMED:
+            group[name] += figures[name]
+    groups = [
+        {
+            "tag": tag,
+            "calls": group["calls"],
+            "failures": group["failures"],
+            "error_rate": group["failures"] / group["calls"],
+            "tokens_in": group["tokens_in"],
+            "tokens_out": group["tokens_out"],
+            "cost_usd": finite(float(group["cost_usd"])),
+        }
+        for tag, group in merged.items()
     ]
     groups.sort(key=lambda g: (g["cost_usd"] is None, -(g["cost_usd"] or 0.0), g["tag"]))
     return groups

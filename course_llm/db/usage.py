@@ -46,6 +46,7 @@ from course_llm.db.filtering import (
     TABLE,
     conditions,
     finite,
+    int_sum,
     resolve_filters,
     resolve_request_id,
     row_dict,
@@ -141,15 +142,15 @@ _LATENCY_KEYS = ("p50_latency_ms", "p95_latency_ms")
 _SUMS = ("calls", "failures", "successes", "fallbacks", "tokens_in", "tokens_out", "cost_usd")
 
 
-def _sum_columns() -> list[sa.ColumnElement[Any]]:
-    """Counts and sums per group, named as in `_SUMS`."""
+def _sum_columns(dialect: str) -> list[sa.ColumnElement[Any]]:
+    """Counts and sums per group, named as in `_SUMS` (token sums never overflow: `int_sum`)."""
     return [
         sa.func.count().label("calls"),
         sa.func.count().filter(_C.success == sa.false()).label("failures"),
         sa.func.count().filter(_C.success == sa.true()).label("successes"),
         sa.func.count().filter(sa.and_(_C.success == sa.true(), _C.attempt > 1)).label("fallbacks"),
-        sa.func.coalesce(sa.func.sum(_C.tokens_in), 0).label("tokens_in"),
-        sa.func.coalesce(sa.func.sum(_C.tokens_out), 0).label("tokens_out"),
+        int_sum(_C.tokens_in, dialect).label("tokens_in"),
+        int_sum(_C.tokens_out, dialect).label("tokens_out"),
         sa.func.coalesce(sa.func.sum(_C.cost_usd), 0.0).label("cost_usd"),
     ]
 
@@ -198,11 +199,13 @@ async def _summarize_postgresql(
     if not keys:  # totals only: one ordered-set aggregate over the rows, nothing to group
         ordered = sa.func.percentile_cont(fractions).within_group(_C.latency_ms)
         percentiles: sa.TypeCoerce[Any] = sa.type_coerce(ordered, postgresql.ARRAY(sa.Double()))
-        statement = sa.select(*_sum_columns(), percentiles.label("percentiles")).where(*conditions)
+        statement = sa.select(*_sum_columns("postgresql"), percentiles.label("percentiles")).where(
+            *conditions
+        )
         return [], _unpack((await session.execute(statement)).mappings().one())
     latencies = sa.func.array_agg(_C.latency_ms).filter(_C.latency_ms.is_not(None))
     per_group = (
-        sa.select(*keys, *_sum_columns(), latencies.label("latencies"))
+        sa.select(*keys, *_sum_columns("postgresql"), latencies.label("latencies"))
         .where(*conditions)
         .group_by(*keys)
         .cte("per_group")
@@ -302,11 +305,12 @@ async def _summarize_portable(
     them (`_blend`) like `percentile` would over every latency. The statements run in aiosqlite's
     thread, so a summary of any size leaves the event loop free.
     """
-    totals = dict((await session.execute(sa.select(*_sum_columns()).where(*conditions))).mappings().one())
+    sums = _sum_columns(session.get_bind().dialect.name)
+    totals = dict((await session.execute(sa.select(*sums).where(*conditions))).mappings().one())
     totals.update(_blend((await session.execute(_ranked_picks([], conditions))).mappings().one()))
     groups = []
     if keys:
-        statement = sa.select(*keys, *_sum_columns()).where(*conditions).group_by(*keys)
+        statement = sa.select(*keys, *sums).where(*conditions).group_by(*keys)
         groups = [dict(row) for row in (await session.execute(statement)).mappings()]
     names = [key.name for key in keys]
     per_group: dict[Key, dict[str, float | None]] = {}

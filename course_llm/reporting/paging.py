@@ -13,7 +13,11 @@ Two ways through the rows, newest first (`created_at` descending, then `id` desc
 
 Every page carries `next_cursor`, the cursor of its last row, or null when no row follows.
 
-A cursor is opaque to clients: URL-safe base64 (no padding) of `<created_at ISO 8601 UTC>|<id hex>`.
+A cursor is opaque to clients: URL-safe base64 (no padding) of `<created_at ISO 8601 UTC>|<id hex>`,
+followed on SQLite, when the row's stored text is not the form SQLAlchemy writes (another writer
+stored `2025-03-01 12:00:00`, or a dashed id), by `|<stored time>|<stored id>` (each URL-safe
+base64): SQLite orders the stored text, so the next page must compare with that text, or a
+cursor bound in the canonical form would sort after its own row and hand it out again.
 It is still untrusted input, so `parse_cursor` checks its length, alphabet, shape, time and id and
 refuses anything else with a `UsageQueryError` naming the `cursor` field (a 400, or one CLI line).
 A forged cursor that passes is just a position in the order, and its values reach the database as
@@ -33,10 +37,12 @@ from typing import Any
 
 from course_llm.errors import UsageQueryError
 
-__all__ = ["MAX_CURSOR_LENGTH", "CallsPage", "Cursor", "encode_cursor", "parse_cursor"]
+__all__ = ["MAX_CURSOR_LENGTH", "MAX_STORED_LENGTH", "CallsPage", "Cursor", "encode_cursor", "parse_cursor"]
 
 #: A real cursor is 72 characters (26-character time with microseconds, `|`, 32 hex digits).
-MAX_CURSOR_LENGTH = 128
+MAX_CURSOR_LENGTH = 400
+#: The longest stored text a cursor carries (longer: the cursor cannot name its row exactly).
+MAX_STORED_LENGTH = 64
 _ALPHABET = re.compile(r"^[A-Za-z0-9_-]+$", re.ASCII)
 _TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{6})?\+00:00$", re.ASCII)
 _HEX_ID = re.compile(r"^[0-9a-f]{32}$", re.ASCII)
@@ -49,12 +55,29 @@ class Cursor:
 
     created_at: datetime
     id: uuid.UUID
+    #: SQLite only: the row's stored (created_at, id) text, when not the canonical form.
+    stored: tuple[str, str] | None = None
 
 
 def encode_cursor(cursor: Cursor) -> str:
     """`cursor` as the opaque URL-safe string `GET /usage/calls` hands out as `next_cursor`."""
     text = f"{cursor.created_at.isoformat()}|{cursor.id.hex}"
+    if cursor.stored is not None:
+        text += "".join("|" + _b64(part) for part in cursor.stored)
     return base64.urlsafe_b64encode(text.encode("ascii")).decode("ascii").rstrip("=")
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def _unb64(text: str) -> str:
+    if not _ALPHABET.match(text):
+        raise ValueError(text)
+    decoded = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("utf-8")
+    if len(decoded) > MAX_STORED_LENGTH or not decoded.isprintable():
+        raise ValueError(text)
+    return decoded
 
 
 def parse_cursor(raw: str) -> Cursor | None:
@@ -71,16 +94,25 @@ def parse_cursor(raw: str) -> Cursor | None:
         decoded = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise UsageQueryError("cursor", _INVALID) from None
-    moment, separator, hex_id = decoded.partition("|")
-    if not separator or not _TIME.match(moment) or not _HEX_ID.match(hex_id):
+    parts = decoded.split("|")
+    if len(parts) not in (2, 4):
         raise UsageQueryError("cursor", _INVALID)
+    moment, hex_id = parts[:2]
+    if not _TIME.match(moment) or not _HEX_ID.match(hex_id):
+        raise UsageQueryError("cursor", _INVALID)
+    stored: tuple[str, str] | None = None
+    if len(parts) == 4:
+        try:
+            stored = (_unb64(parts[2]), _unb64(parts[3]))
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            raise UsageQueryError("cursor", _INVALID) from None
     try:
         created_at = datetime.fromisoformat(moment)
     except ValueError:  # the shape matched, the date did not exist (2025-02-30)
         raise UsageQueryError("cursor", _INVALID) from None
     if created_at.utcoffset() != timedelta(0):
         raise UsageQueryError("cursor", _INVALID)
-    return Cursor(created_at=created_at, id=uuid.UUID(hex=hex_id))
+    return Cursor(created_at=created_at, id=uuid.UUID(hex=hex_id), stored=stored)
 
 
 @dataclass(frozen=True, slots=True)
