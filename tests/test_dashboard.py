@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
@@ -257,13 +257,21 @@ def png_colours(data: bytes, box: tuple[int, int, int, int]) -> set[tuple[int, i
 
 
 @contextmanager
-def serve(database_url: str, records: list[CallRecord]) -> Iterator[str]:
-    """The dashboard, usage and metrics routers over `database_url`, on a free local port."""
+def serve(
+    database_url: str, records: list[CallRecord], customise: Callable[[FastAPI], None] | None = None
+) -> Iterator[str]:
+    """The dashboard, usage and metrics routers over `database_url`, on a free local port.
+
+    `customise(app)` runs before the server starts: a test adds middleware there (a slow route,
+    a request counter).
+    """
     session_factory = create_session_factory(database_url)
     recorder = MetricsRecorder()
     for record in records:
         recorder.observe(record)
     app = FastAPI()
+    if customise is not None:
+        customise(app)
     app.include_router(create_dashboard_router())
     app.include_router(create_usage_router(lambda: session_factory, lambda: KEY))
     app.include_router(create_metrics_router(recorder, lambda: KEY))

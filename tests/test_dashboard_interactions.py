@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fastapi import FastAPI, Request
 
 from course_llm.db import create_session_factory, dispose_session_factory, insert_records
 from course_llm.recording.records import CallRecord
@@ -144,3 +146,127 @@ async def _insert(url: str, record: CallRecord) -> None:
         await insert_records(factory, [record])
     finally:
         await dispose_session_factory(factory)
+
+
+# ---- overlapping loads, untrusted addresses, the requests view's export ---------------------------
+
+
+def _count_usage_calls(hits: list[str], slow: dict[str, float]) -> Callable[[FastAPI], None]:
+    """A middleware recording each /usage path and delaying those whose query holds a `slow` key."""
+
+    def customise(app: FastAPI) -> None:
+        @app.middleware("http")
+        async def record(request: Request, call_next: Any) -> Any:
+            if request.url.path.startswith("/usage/"):
+                hits.append(request.url.path)
+            delay = max((s for text, s in slow.items() if text in request.url.query), default=0.0)
+            if delay:
+                await asyncio.sleep(delay)
+            return await call_next(request)
+
+    return customise
+
+
+def test_a_slow_earlier_filter_never_renders_over_a_later_one(chromium: str, tmp_path: Path) -> None:
+    hits: list[str] = []
+    slow = {"model_id=gemini-2.5-pro": 2.0}
+    with (
+        serve(_database(tmp_path, RECORDS), RECORDS, _count_usage_calls(hits, slow)) as app,
+        browser_page(chromium) as page,
+    ):
+        page.goto(f"{app}/dashboard#key={KEY}&range=30d")
+        _loaded(page, 1)
+        page.fill("#filters [name=model_id]", "gemini-2.5-pro")
+        page.press("#filters [name=model_id]", "Enter")
+        page.wait_for_timeout(200)
+        page.fill("#filters [name=model_id]", "deepseek-chat")
+        page.press("#filters [name=model_id]", "Enter")
+        _loaded(page, 2)
+        page.wait_for_timeout(2500)  # the slow load has answered by now
+        assert page.get_attribute("body", "data-loads") == "2"
+        models = page.eval_on_selector_all("#models-table tbody tr", "rows => rows.map(r => r.dataset.model)")
+        assert models == ["deepseek-chat"]
+        deepseek = {r.request_id for r in RECORDS if r.model_id == "deepseek-chat"}
+        assert page.inner_text("#kpi-requests") == str(len(deepseek))
+        ids = page.eval_on_selector_all(
+            "#requests-table tbody tr", "rows => rows.map(r => r.dataset.requestId)"
+        )
+        assert set(ids) == deepseek
+
+
+@pytest.mark.parametrize("start", ["7d", "2025-03-01T12:00:00%2B01:00", "2025-13-45T99:00"])
+def test_a_custom_range_the_picker_cannot_produce_falls_back_and_says_so(
+    chromium: str, app_url: str, start: str
+) -> None:
+    with browser_page(chromium) as page:
+        page.goto(f"{app_url}/dashboard#key={KEY}&range=custom&from={start}")
+        page.wait_for_selector('body[data-state=ready][data-loads="1"]', state="attached", timeout=8000)
+        assert page.get_attribute("#message", "data-kind") == "notice"
+        assert page.is_visible("#message")
+        assert "Ignored the custom range" in page.inner_text("#message")
+        assert page.input_value("#range") == "24h"
+        assert page.inner_text("#kpi-requests") == str(
+            len({r.request_id for r in _within(timedelta(hours=24))})
+        )
+        assert "range=custom" not in page.url
+
+
+def test_a_refresh_interval_the_picker_does_not_offer_is_ignored(chromium: str, tmp_path: Path) -> None:
+    hits: list[str] = []
+    with (
+        serve(_database(tmp_path, RECORDS), RECORDS, _count_usage_calls(hits, {})) as app,
+        browser_page(chromium) as page,
+    ):
+        page.goto(f"{app}/dashboard#key={KEY}&refresh=3000000")  # over 2^31-1 ms: setInterval fires at once
+        _loaded(page, 1)
+        after_load = len(hits)
+        page.wait_for_timeout(1500)
+        assert len(hits) == after_load
+        assert page.get_attribute("body", "data-refresh") == "0"
+        assert not page.is_checked("#refresh-toggle")
+        assert "refresh=" not in page.url
+        assert "Ignored refresh" in page.inner_text("#message")
+
+
+def test_a_refresh_tick_is_skipped_while_a_load_is_in_flight(chromium: str, tmp_path: Path) -> None:
+    hits: list[str] = []
+    slow: dict[str, float] = {}
+    with (
+        serve(_database(tmp_path, RECORDS), RECORDS, _count_usage_calls(hits, slow)) as app,
+        browser_page(chromium) as page,
+    ):
+        page.clock.install()
+        page.goto(f"{app}/dashboard#key={KEY}&refresh=10")
+        _loaded(page, 1)
+        slow["group_by=tenant_id"] = 3.0  # every load from now on takes 3 s
+        page.clock.run_for(10_000)  # a tick: a second load starts
+        page.wait_for_timeout(300)
+        page.clock.run_for(10_000)  # a tick during that load: skipped
+        # A load's requests reach the server at once; the next tick is 10 s (of real time) away.
+        page.wait_for_timeout(800)
+        assert hits.count("/usage/tags") == 2  # one a load
+        _loaded(page, 2)
+        assert hits.count("/usage/tags") == 2
+
+
+def test_the_requests_view_exports_the_attempts_of_the_requests_it_lists(chromium: str, app_url: str) -> None:
+    def export(page: Any) -> list[dict[str, str]]:
+        with page.expect_download() as download:
+            page.click("#export-csv")
+        return list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8"))))
+
+    with browser_page(chromium, accept_downloads=True) as page:
+        page.goto(f"{app_url}/dashboard#key={KEY}&range=7d&status=error")
+        _loaded(page, 1)
+        # req-a and req-f failed once each but a fallback rescued them: not failed requests.
+        ids = page.eval_on_selector_all(
+            "#requests-table tbody tr", "rows => rows.map(r => r.dataset.requestId)"
+        )
+        assert ids == ["req-e"]
+        assert [(row["request_id"], row["attempt"]) for row in export(page)] == [("req-e", "1")]
+        page.click('[data-view="attempts"]')
+        page.wait_for_selector("#calls-table:not([hidden]) tbody tr[data-call-id]")
+        week = sorted(_within(timedelta(days=7)), key=lambda r: r.created_at)
+        failed = [(r.request_id, str(r.attempt)) for r in week if not r.success]
+        assert len(failed) == 3  # req-f's and req-a's first attempts, and req-e
+        assert [(row["request_id"], row["attempt"]) for row in export(page)] == failed

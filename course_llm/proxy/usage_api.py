@@ -13,7 +13,10 @@ Beyond docs/architecture.md's contract routes:
   characters (the answer's `request_id` is then the full id). An ambiguous or short prefix is a 400.
 - `GET /usage/tags?…filters…`: attempts, failures, tokens and cost per tag (`key=value`).
 - `GET /usage/export.csv?…filters…`: every matching attempt as CSV, oldest first, streamed, with
-  the CLI export's columns and its OWASP formula neutralisation.
+  the CLI export's columns and its OWASP formula neutralisation. `view=requests` (the dashboard's
+  requests view) exports what that view lists instead: the attempts, matching the other filters,
+  of the requests `/usage/requests` matches, where `status` is a request's final outcome. With
+  `status=error`, a request a fallback rescued is not listed, so its failed attempt is not exported.
 
 A FastAPI router that `course-llm serve` mounts on LiteLLM's proxy app (and the dashboard reads):
 
@@ -38,6 +41,7 @@ a 400 rather than silently ignored: `?model=x` (for `model_id`) must not return 
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -62,6 +66,7 @@ from course_llm.reporting.paging import parse_cursor
 from course_llm.reporting.requests import request_line
 from course_llm.reporting.usage import (
     FILTER_NAMES,
+    UsageFilters,
     csv_header,
     csv_line,
     filters_from,
@@ -72,6 +77,9 @@ from course_llm.reporting.usage import (
 __all__ = ["create_usage_router"]
 
 log = structlog.get_logger()
+
+#: Requests read per statement when the export gathers the ids the requests view lists.
+_ID_PAGE = 1000
 
 #: Sent with every 401, as RFC 6750 asks, so clients know which credentials to offer.
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
@@ -228,6 +236,15 @@ def create_usage_router(
 
         async def answer(factory: SessionFactory, params: dict[str, str]) -> Response:
             filters = filters_from(_filters(params))
+            view = params.get("view", "attempts")
+            if view not in ("attempts", "requests"):
+                raise UsageQueryError("view", f"{view!r} is not one of: attempts, requests")
+            # Without a status filter, the requests view lists exactly the requests with a
+            # matching attempt, so the plain export already matches it.
+            request_ids = None
+            if view == "requests" and filters.status is not None:
+                request_ids = await _matching_request_ids(factory, filters)
+                filters = dataclasses.replace(filters, status=None)
             # Counting first turns a bad prefix or an unreachable database into a JSON error
             # while the status line can still say so; once streaming, the status is sent.
             await count_matching(factory, filters)
@@ -235,13 +252,26 @@ def create_usage_router(
             async def lines() -> AsyncIterator[str]:
                 yield csv_header()
                 async for row in iter_calls(factory, filters):
-                    yield csv_line(row)
+                    if request_ids is None or row["request_id"] in request_ids:
+                        yield csv_line(row)
 
             disposition = 'attachment; filename="course_llm_calls.csv"'
             return StreamingResponse(
                 lines(), media_type="text/csv; charset=utf-8", headers={"Content-Disposition": disposition}
             )
 
-        return await serve(request, FILTER_NAMES, answer)
+        return await serve(request, (*FILTER_NAMES, "view"), answer)
 
     return router
+
+
+async def _matching_request_ids(factory: SessionFactory, filters: UsageFilters) -> set[str]:
+    """The ids of every request `/usage/requests` lists for `filters`, read page by page."""
+    ids: set[str] = set()
+    page = 1
+    while True:
+        found = await list_requests(factory, filters, page, _ID_PAGE)
+        ids.update(line["request_id"] for line in found.data)
+        if page >= found.total_pages:
+            return ids
+        page += 1

@@ -6,6 +6,12 @@
 //
 // State lives in the URL fragment (#range=7d&status=error&view=attempts&request=…) so a view can
 // be shared or reloaded; `#key=…` is accepted once, moved to sessionStorage and removed from the URL.
+// The fragment is untrusted input: a time or an interval the pickers could not have produced is
+// dropped (and the page says so) rather than handed to Date or setInterval.
+//
+// Loads overlap (a filter applied while the last one is still loading, a slow refresh tick): each
+// load takes a sequence number, and only the latest one renders, so the page never shows the
+// figures of an earlier filter under a later one.
 "use strict";
 
 (() => {
@@ -17,12 +23,18 @@
   const FILTERS = ["action", "strategy", "provider", "model_id", "status", "tenant_id", "operation"];
   const RANGES = { "1h": CL.HOUR, "24h": 24 * CL.HOUR, "7d": 7 * CL.DAY, "30d": 30 * CL.DAY };
   const DEFAULT_RANGE = "24h";
+  // What <input type="datetime-local"> gives (minutes, or seconds with a step), read as UTC.
+  const PICKER_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?$/;
 
   const state = {
     range: DEFAULT_RANGE, from: "", to: "", filters: {}, view: "requests", page: 1, request: null,
-    refresh: 0, charts: {}, loads: 0,
+    refresh: 0, charts: {}, loads: 0, notice: "",
   };
   let refreshTimer = null;
+  // The latest load of everything and of the view alone; a load whose number is no longer the
+  // latest renders nothing. `inFlight` lets a refresh tick skip while a load is still running.
+  const seq = { all: 0, view: 0 };
+  let inFlight = false;
 
   class AuthError extends Error {}
 
@@ -40,12 +52,34 @@
     state.range = range === "custom" || RANGES[range] ? range : DEFAULT_RANGE;
     state.from = params.get("from") || "";
     state.to = params.get("to") || "";
+    state.notice = "";
+    if (state.range === "custom" && !(pickerTime(state.from) && (!state.to || pickerTime(state.to)))) {
+      state.notice = `Ignored the custom range in the address (from ${JSON.stringify(state.from)}` +
+        ` to ${JSON.stringify(state.to)}): times must look like 2025-03-01T12:00 (UTC). Showing the last 24 hours.`;
+      state.range = DEFAULT_RANGE;
+      state.from = "";
+      state.to = "";
+    }
     state.view = params.get("view") === "attempts" ? "attempts" : "requests";
     state.page = Math.max(1, parseInt(params.get("page") || "1", 10) || 1);
     state.request = params.get("request") || null;
-    state.refresh = Math.max(0, parseInt(params.get("refresh") || "0", 10) || 0);
-    if (key) writeHash(); // the key must not linger in the address bar or the history
+    const refresh = params.get("refresh");
+    state.refresh = refreshChoices().includes(refresh) ? parseInt(refresh, 10) : 0;
+    if (refresh && !state.refresh) {
+      state.notice += (state.notice ? " " : "") +
+        `Ignored refresh=${JSON.stringify(refresh)} in the address: the interval must be one of ` +
+        `${refreshChoices().join(", ")} seconds. Auto-refresh is off.`;
+    }
+    if (key || state.notice) writeHash(); // no key in the address bar or history; no rejected value
   }
+
+  // A time as the picker writes it, and one that names a real instant (not 2025-13-45T99:00).
+  function pickerTime(value) {
+    return PICKER_TIME.test(value) && !Number.isNaN(new Date(value + "Z").getTime());
+  }
+
+  // The intervals the refresh picker offers, in seconds, as strings: the only ones accepted.
+  const refreshChoices = () => Array.from($("#refresh-interval").options, (option) => option.value);
 
   function writeHash() {
     const params = new URLSearchParams();
@@ -137,16 +171,28 @@
     return api("usage/summary?" + query({ ...(groupBy ? { group_by: groupBy } : {}), ...(extra || {}) }));
   }
 
+  // The current view's page; null (and nothing rendered) when a later view load has started.
   async function loadView() {
+    const mine = ++seq.view;
     const page = { page: String(state.page), page_size: String(PAGE_SIZE) };
     const attempts = state.view === "attempts";
-    const data = await api((attempts ? "usage/calls?" : "usage/requests?") + query(page));
+    let data;
+    try {
+      data = await api((attempts ? "usage/calls?" : "usage/requests?") + query(page));
+    } catch (error) {
+      if (mine !== seq.view) return null; // a superseded load's failure is no longer news
+      throw error;
+    }
+    if (mine !== seq.view) return null;
     if (data.total_pages > 0 && state.page > data.total_pages) {
       state.page = data.total_pages; // the filters shrank the result below the current page
       writeHash();
       return loadView();
     }
     $("#requests-table").hidden = attempts;
+    $("#export-csv").title = attempts
+      ? "Every attempt matching the range and filters"
+      : "Every attempt of the requests listed (status is a request's final outcome)";
     $("#calls-table").hidden = !attempts;
     for (const tab of document.querySelectorAll("[data-view]")) tab.setAttribute("aria-selected", String(tab.dataset.view === state.view));
     (attempts ? CL.renderCalls : CL.renderRequests)(data, openRequest);
@@ -160,19 +206,25 @@
   }
 
   async function loadAll() {
+    const mine = ++seq.all;
+    const latest = () => mine === seq.all;
+    inFlight = false; // an earlier load, if any, is superseded and will not clear it
     if (!getKey()) return handleError(new AuthError("missing"));
     setState("loading");
-    const { since, until } = rangeDates();
-    const unit = CL.bucketUnit(since, until);
-    const buckets = CL.bucketKeys(since, until, unit);
-    $("#range-note").textContent = `${CL.utcTime(since.toISOString())} → ${CL.utcTime(until.toISOString())} UTC · ${unit === "hour" ? "hourly" : "daily"} buckets`;
+    inFlight = true;
+    // Everything below is inside the try: whatever fails ends in a message, never in "loading".
     try {
+      const { since, until } = rangeDates();
+      const unit = CL.bucketUnit(since, until);
+      const buckets = CL.bucketKeys(since, until, unit);
+      $("#range-note").textContent = `${CL.utcTime(since.toISOString())} → ${CL.utcTime(until.toISOString())} UTC · ${unit === "hour" ? "hourly" : "daily"} buckets`;
       const [totals, requests, byAction, byModel, models, tenants, operations, users, tags, errors] = await Promise.all([
         summary(""), api("usage/requests?" + query({ page_size: "1" })),
         summary(unit + ",action"), summary(unit + ",model_id"), summary("model_id"), summary("tenant_id"),
         summary("operation"), summary("end_user"), api("usage/tags?" + query()),
         summary("error_class", { status: "error" }),
       ]);
+      if (!latest()) return;
       CL.renderKpis(totals.totals, requests.totals);
       state.charts = {
         "#chart-cost-by-action": { groups: byAction.groups, seriesKey: "action", bucketKey: unit, buckets },
@@ -186,15 +238,19 @@
       CL.renderBreakdown("#tags-table", tags.groups, "tag");
       CL.renderErrors(errors.groups);
       await loadView();
+      if (!latest()) return;
       let empty = false;
       if (!totals.totals.calls) {
         // Nothing in this range: a new install (nothing at all) gets its first steps instead.
         const everything = await api("usage/calls?page_size=1");
+        if (!latest()) return;
         empty = everything.total === 0;
         showMessage("empty", empty ? "No calls recorded yet." : "No calls in this range or with these filters.");
       } else {
         hideMessage();
       }
+      if (state.notice) showMessage("notice", state.notice); // a rejected address value, once
+      state.notice = "";
       renderFirstSteps(empty);
       state.loads += 1;
       document.body.dataset.loads = String(state.loads);
@@ -202,7 +258,9 @@
       setState(empty ? "empty" : "ready");
       if (state.request) await openRequest(state.request);
     } catch (error) {
-      handleError(error);
+      if (latest()) handleError(error);
+    } finally {
+      if (latest()) inFlight = false;
     }
   }
 
@@ -268,7 +326,9 @@
 
   function scheduleRefresh() {
     clearInterval(refreshTimer);
-    refreshTimer = state.refresh ? setInterval(loadAll, state.refresh * 1000) : null;
+    // A tick while a load is still running is skipped: a slow database gets no pile of queries.
+    const tick = () => { if (!inFlight) loadAll(); };
+    refreshTimer = state.refresh ? setInterval(tick, state.refresh * 1000) : null;
     document.body.dataset.refresh = String(state.refresh);
   }
 
@@ -303,8 +363,12 @@
     const button = $("#export-csv");
     button.disabled = true;
     try {
-      const blob = await api("usage/export.csv?" + query(), true);
-      const link = h("a", { href: URL.createObjectURL(blob), download: "course_llm_calls.csv" });
+      // The requests view exports the attempts of the requests it lists: with status=error, a
+      // request rescued by a fallback is not listed, so its failed attempt is not exported either.
+      const requests = state.view === "requests";
+      const blob = await api("usage/export.csv?" + query(requests ? { view: "requests" } : {}), true);
+      const name = requests ? "course_llm_requests_attempts.csv" : "course_llm_calls.csv";
+      const link = h("a", { href: URL.createObjectURL(blob), download: name });
       document.body.append(link);
       link.click();
       link.remove();
