@@ -6,6 +6,8 @@ Expected figures come from the table in tests/usage_seed.py, worked out by hand.
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -241,3 +243,26 @@ async def test_a_proxy_without_a_database_is_a_503() -> None:
         response = await _get(client, "/usage/calls")
     assert response.status_code == 503
     assert "no database" in response.json()["error"]
+
+
+async def test_the_requests_view_export_holds_the_attempts_of_requests_that_failed_in_the_end(
+    client: httpx.AsyncClient,
+) -> None:
+    def exported(response: httpx.Response) -> list[tuple[str, str]]:
+        assert response.status_code == 200, response.text
+        rows = list(csv.DictReader(io.StringIO(response.text)))
+        return sorted((row["request_id"], row["attempt"]) for row in rows)
+
+    attempts_view = await _get(client, "/usage/export.csv", status="error", since="2025-02-01T00:00:00")
+    requests_view = await _get(
+        client, "/usage/export.csv", status="error", since="2025-02-01T00:00:00", view="requests"
+    )
+
+    # Failed attempts (seed rows 1, 4, 5, 8); but only req-5 failed in the end (1 and 3 fell back).
+    assert exported(attempts_view) == [("req-1", "1"), ("req-3", "1"), ("req-3", "2"), ("req-5", "1")]
+    assert exported(requests_view) == [("req-5", "1")]
+
+
+async def test_an_unknown_export_view_is_a_400(client: httpx.AsyncClient) -> None:
+    response = await _get(client, "/usage/export.csv", view="everything")
+    assert response.status_code == 400 and "view" in response.json()["error"]
