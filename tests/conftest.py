@@ -149,7 +149,19 @@ async def session_factory(database_url: str) -> AsyncIterator[async_sessionmaker
     llm_calls is emptied before (in case another fixture left rows) and after the test, and the
     engine is disposed. Use it for code that opens its own sessions and commits (the writer).
     """
-    factory = create_session_factory(database_url)
+    async for factory in _emptied_factory(database_url):
+        yield factory
+
+
+@pytest.fixture
+async def sqlite_session_factory(sqlite_database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """`session_factory` on SQLite only, for what only SQLite keeps (the text plain SQL stored)."""
+    async for factory in _emptied_factory(sqlite_database_url):
+        yield factory
+
+
+async def _emptied_factory(url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    factory = create_session_factory(url)
     try:
         await _empty_llm_calls(factory)
         yield factory

@@ -370,10 +370,8 @@ _RAW_INSERT = (
 
 
 async def _sqlite_rows(factory: Factory, rows: list[tuple[str, str, int]]) -> None:
-    """Rows (created_at text, id text, tokens_in) written by plain SQL; SQLite only."""
-    async with factory() as session:
-        if session.get_bind().dialect.name != "sqlite":
-            pytest.skip("SQLite keeps what plain SQL writes as it is; PostgreSQL types it")
+    """Rows (created_at text, id text, tokens_in) written by plain SQL; SQLite only (it keeps what
+    plain SQL writes as it is; PostgreSQL types it)."""
     async with factory() as session, session.begin():
         for n, (ts, row_id, tokens) in enumerate(rows):
             await session.execute(
@@ -381,7 +379,8 @@ async def _sqlite_rows(factory: Factory, rows: list[tuple[str, str, int]]) -> No
             )
 
 
-async def test_token_sums_past_sqlite_integer_range_still_summarize(session_factory: Factory) -> None:
+async def test_token_sums_past_sqlite_integer_range_still_summarize(sqlite_session_factory: Factory) -> None:
+    session_factory = sqlite_session_factory
     stamp = "2025-03-01 12:00:00.000000"
     await _sqlite_rows(session_factory, [(stamp, uuid.uuid4().hex, 2**62), (stamp, uuid.uuid4().hex, 2**62)])
     summary = await summarize(session_factory, UsageFilters(), ["action"])
@@ -389,7 +388,10 @@ async def test_token_sums_past_sqlite_integer_range_still_summarize(session_fact
     assert [g["tokens_in"] for g in summary.groups] == [2**63]
 
 
-async def test_since_an_exact_instant_keeps_a_row_stored_without_fraction(session_factory: Factory) -> None:
+async def test_since_an_exact_instant_keeps_a_row_stored_without_fraction(
+    sqlite_session_factory: Factory,
+) -> None:
+    session_factory = sqlite_session_factory
     await _sqlite_rows(
         session_factory,
         [("2025-03-01 12:00:00", uuid.uuid4().hex, 1), ("2025-03-01 11:59:59.999999", uuid.uuid4().hex, 1)],
