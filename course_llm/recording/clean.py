@@ -38,6 +38,7 @@ from typing import Any
 from course_llm.recording.records import CallRecord
 
 __all__ = [
+    "LONG_NUMBER",
     "MAX_METADATA_BYTES",
     "OUT_OF_RANGE_KEY",
     "TRUNCATED_KEY",
@@ -68,7 +69,8 @@ _SMALLINT = (-(2**15), 2**15 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
 _MAX_DECIMAL_BITS = 14_000
 #: A run of digits long enough to be an integer beyond the 64-bit range (2**63 has 19 digits).
-_LONG_NUMBER = re.compile(r"\d{19}")
+LONG_NUMBER = r"[0-9]{19}"
+_LONG_NUMBER = re.compile(LONG_NUMBER)
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 #: json.dumps with non-default arguments builds a new encoder per call; this one is built once.

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import structlog
 
+from course_llm.recording.clean import LONG_NUMBER
 from course_llm.recording.records import CallRecord
 
 log = structlog.get_logger()
@@ -44,8 +45,9 @@ def encode(record: CallRecord) -> bytes:
         return (_ENCODER.encode(record.to_json()) + "\n").encode()
 
 
-#: A run of digits that may be an integer beyond 64 bits, which orjson would read as a float.
-_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+#: A run of digits that may be an integer beyond 64 bits (clean.py's test, on the raw line), which
+#: orjson would read as a float.
+_LONG_NUMBER = re.compile(LONG_NUMBER.encode())
 
 
 def decode(line: bytes) -> CallRecord | None:
