@@ -19,12 +19,12 @@ from typing import NoReturn
 
 import asyncpg
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
-from course_llm.db import LLMCall, create_engine, create_session_factory, dispose_session_factory
+from course_llm.db import create_engine, create_session_factory, dispose_session_factory
 from course_llm.db.migrate import upgrade_database
+from tests.usage_seed import empty_usage
 
 # LiteLLM state resets, fake provider keys and respx provider mocks.
 pytest_plugins = ["tests.llm_fixtures"]
@@ -139,7 +139,7 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 async def _empty_llm_calls(factory: async_sessionmaker[AsyncSession]) -> None:
     async with factory() as session, session.begin():
-        await session.execute(sa.delete(LLMCall))
+        await empty_usage(session)
 
 
 @pytest.fixture

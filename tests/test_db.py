@@ -126,7 +126,9 @@ async def test_migrated_schema_matches_the_models(database_url: str) -> None:
 async def test_schema_comparison_reports_a_column_the_migrations_lack(database_url: str) -> None:
     # Proves the test above can fail: a model column with no migration shows up in the diff.
     metadata = sa.MetaData()
-    table = Base.metadata.tables["llm_calls"].to_metadata(metadata)
+    for other in Base.metadata.tables.values():
+        other.to_metadata(metadata)
+    table = metadata.tables["llm_calls"]
     table.append_column(sa.Column("region", sa.String(32), nullable=True))
 
     diff = await _run_on(database_url, _schema_diff(metadata))
@@ -145,7 +147,7 @@ def test_upgrade_database_twice_leaves_the_database_at_head(database_url: str) -
     upgrade_database(database_url)
     upgrade_database(database_url)
 
-    assert asyncio.run(_run_on(database_url, _current_revision)) == head_revision() == "0001"
+    assert asyncio.run(_run_on(database_url, _current_revision)) == head_revision() == "0002"
 
 
 async def test_upgrading_an_up_to_date_database_keeps_its_rows(
@@ -182,7 +184,7 @@ def test_the_alembic_command_migrates_the_database_named_in_the_environment(tmp_
     )
 
     assert run.returncode == 0, run.stderr
-    assert asyncio.run(_run_on(f"sqlite:///{database}", _current_revision)) == "0001"
+    assert asyncio.run(_run_on(f"sqlite:///{database}", _current_revision)) == "0002"
 
 
 async def test_upgrade_database_refuses_to_run_inside_an_event_loop(tmp_path: Path) -> None:
@@ -535,4 +537,4 @@ def test_the_built_wheel_ships_migrations_that_upgrade_a_database(tmp_path: Path
 
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[-1] == str(site / "course_llm" / "_alembic")
-    assert asyncio.run(_run_on(f"sqlite:///{database}", _current_revision)) == "0001"
+    assert asyncio.run(_run_on(f"sqlite:///{database}", _current_revision)) == "0002"

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from typer.testing import CliRunner, Result
 
 from course_llm.cli import app
-from course_llm.db import LLMCall, create_session_factory, dispose_session_factory, insert_records
+from course_llm.db import create_session_factory, dispose_session_factory, insert_records
 from course_llm.recording.records import CallRecord
 from course_llm.reporting.usage import csv_line
+from tests.usage_seed import empty_usage
 
 runner = CliRunner()
 T0 = datetime(2025, 3, 1, 12, tzinfo=UTC)
@@ -89,7 +89,7 @@ async def _reset(url: str, records: list[CallRecord]) -> None:
     factory = create_session_factory(url)
     try:
         async with factory() as session, session.begin():
-            await session.execute(sa.delete(LLMCall))
+            await empty_usage(session)
         if records:
             await insert_records(factory, records)
     finally:

@@ -15,13 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from typer.testing import CliRunner, Result
 
 from course_llm.cli import app
-from course_llm.db import LLMCall, create_session_factory, dispose_session_factory
+from course_llm.db import create_session_factory, dispose_session_factory
 from course_llm.reporting.usage import CALL_COLUMNS
-from tests.usage_seed import NEWEST_FIRST, seed
+from tests.usage_seed import NEWEST_FIRST, empty_usage, seed
 
 runner = CliRunner()
 OLDEST_FIRST = NEWEST_FIRST[::-1]
@@ -31,7 +30,7 @@ async def _reset(url: str, with_seed: bool) -> None:
     factory = create_session_factory(url)
     try:
         async with factory() as session, session.begin():
-            await session.execute(sa.delete(LLMCall))
+            await empty_usage(session)
         if with_seed:
             await seed(factory)
     finally:

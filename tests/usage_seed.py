@@ -27,9 +27,11 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from course_llm.db import insert_records
+from course_llm.db import LLMCall, insert_records
+from course_llm.db.aggregates import DAILY, HOURLY
 from course_llm.recording.records import CallRecord
 
 D1 = datetime(2025, 3, 1, tzinfo=UTC)
@@ -112,3 +114,10 @@ async def seed(session_factory: async_sessionmaker[AsyncSession]) -> list[CallRe
     records = seed_records()
     assert await insert_records(session_factory, records) == len(records)
     return records
+
+
+async def empty_usage(session: AsyncSession) -> None:
+    """Delete every llm_calls row and the aggregates that counted them (a delete leaves those alone)."""
+    await session.execute(sa.delete(LLMCall))
+    for table in (HOURLY, DAILY):
+        await session.execute(sa.delete(table))

@@ -18,7 +18,7 @@ The prefix lookup is a `LIKE 'prefix%'` with `%`, `_` and the escape character i
 `substr(request_id, 1, n) = prefix` beside it makes the match exact and case-sensitive on both,
 while the LIKE keeps the request_id index range.
 
-Time bounds (`since`, `until`) are bound through `_TimeBound`: SQLite compares the stored text, and
+Time bounds (`since`, `until`) are bound through `TimeBound`: SQLite compares the stored text, and
 a row another writer stored as `2025-03-01 12:00:00` (no fraction) sorts before the
 `2025-03-01 12:00:00.000000` SQLAlchemy would bind, so a whole-second bound is bound without the
 fraction, which orders correctly against both forms.
@@ -47,8 +47,10 @@ __all__ = [
     "NEWEST_FIRST",
     "ROW_COLUMNS",
     "TABLE",
+    "TimeBound",
     "conditions",
     "finite",
+    "group_expression",
     "int_sum",
     "resolve_filters",
     "resolve_request_id",
@@ -57,6 +59,7 @@ __all__ = [
 
 TABLE: sa.Table = LLMCall.__table__  # type: ignore[assignment]  # declared as FromClause; it is a Table
 COLUMNS = TABLE.c
+Columns = sa.ColumnCollection[str, sa.ColumnElement[Any]] | Any
 
 #: Filters that are plain equality on the column of the same name.
 _EQUALITY_FILTERS = (
@@ -77,7 +80,7 @@ NEWEST_FIRST = (COLUMNS.created_at.desc(), COLUMNS.id.desc())
 _AMBIGUITY_SHOWN = 10
 
 
-class _TimeBound(sa.TypeDecorator[datetime]):
+class TimeBound(sa.TypeDecorator[datetime]):
     """A `since`/`until` instant: the column's own type, but on SQLite the shortest stored text form."""
 
     impl = sa.DateTime(timezone=True)
@@ -107,22 +110,47 @@ def int_sum(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any
     return sa.func.coalesce(sa.func.sum(column), 0)
 
 
-def conditions(filters: UsageFilters, *, status: bool = True) -> list[sa.ColumnElement[bool]]:
-    """The WHERE clause of `filters` (without the `status` filter when `status` is False)."""
+def conditions(
+    filters: UsageFilters, *, status: bool = True, columns: Columns = COLUMNS, time_column: str = "created_at"
+) -> list[sa.ColumnElement[bool]]:
+    """The WHERE clause of `filters` (without the `status` filter when `status` is False).
+
+    `columns` are llm_calls', or an aggregate table's (`course_llm.db.aggregates`, whose `period`
+    is the time column): the filters name columns both have.
+    """
     where: list[sa.ColumnElement[bool]] = []
     if filters.since is not None:
-        where.append(COLUMNS.created_at >= sa.bindparam(None, filters.since, _TimeBound()))
+        where.append(columns[time_column] >= sa.bindparam(None, filters.since, TimeBound()))
     if filters.until is not None:
-        where.append(COLUMNS.created_at < sa.bindparam(None, filters.until, _TimeBound()))
+        where.append(columns[time_column] < sa.bindparam(None, filters.until, TimeBound()))
     for name in _EQUALITY_FILTERS:
         value = getattr(filters, name)
         if value is not None:
-            where.append(COLUMNS[name] == value)
+            where.append(columns[name] == value)
     if status and filters.status == "success":
-        where.append(COLUMNS.success == sa.true())
+        where.append(columns.success == sa.true())
     elif status and filters.status == "error":
-        where.append(COLUMNS.success == sa.false())
+        where.append(columns.success == sa.false())
     return where
+
+
+def group_expression(
+    key: str, dialect: str, columns: Columns = COLUMNS, time_column: str = "created_at"
+) -> sa.ColumnElement[Any]:
+    """The expression a summary groups `key` by, labelled `key`: a column, or `day`/`hour` of the time."""
+    if key not in ("day", "hour"):
+        return columns[key].label(key)
+    moment = columns[time_column]
+    if dialect == "postgresql":
+        # A date (or an hour), not to_char(): formatting half a million timestamps costs more than
+        # the query.
+        utc = sa.func.timezone("UTC", moment)
+        if key == "hour":
+            return sa.func.date_trunc("hour", utc, type_=sa.DateTime()).label("hour")
+        return sa.cast(utc, sa.Date()).label("day")
+    # SQLite stores the UTC timestamp as text, `YYYY-MM-DD HH:MM:SS…`: the date is its first 10
+    # characters, the hour its first 13.
+    return sa.func.substr(moment, 1, 10 if key == "day" else 13, type_=sa.String()).label(key)
 
 
 async def resolve_request_id(session: AsyncSession, typed: str) -> str:
