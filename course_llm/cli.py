@@ -146,6 +146,24 @@ def db_upgrade() -> None:
     out.print(f"database {redact_url(url)} is up to date")
 
 
+@db_app.command("prune")
+def db_prune(
+    before: Annotated[
+        str, typer.Option(help="delete attempt rows older than this: a span back from now (90d) or ISO 8601")
+    ],
+) -> None:
+    """Delete old attempt rows (whole UTC days); their hourly and daily aggregates stay, so
+    summaries still cover the pruned range."""
+    from course_llm.db.prune import prune
+    from course_llm.reporting.usage import parse_time
+
+    with user_errors():
+        moment = parse_time("before", before)
+    result = _query(lambda factory: prune(factory, moment))
+    day = result.before.strftime("%Y-%m-%dT%H:%M:%SZ")
+    out.print(f"deleted {result.deleted:,} rows created before {day}; their aggregates are kept")
+
+
 #: How SQLite and PostgreSQL say that llm_calls is missing (a database nobody migrated).
 _WRAPPER = re.compile(r"^\((?:sqlalchemy|asyncpg|sqlite3)[\w.]*\) ")
 _NO_TABLE = re.compile(r"no such table: llm_calls|relation \"llm_calls\" does not exist")

@@ -12,6 +12,7 @@ import csv
 import json
 import sqlite3
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from typer.testing import CliRunner, Result
 from course_llm.cli import app
 from course_llm.db import create_session_factory, dispose_session_factory
 from course_llm.reporting.usage import CALL_COLUMNS
-from tests.usage_seed import NEWEST_FIRST, empty_usage, seed
+from tests.usage_seed import NEWEST_FIRST, empty_usage, seed, seed_records
 
 runner = CliRunner()
 OLDEST_FIRST = NEWEST_FIRST[::-1]
@@ -309,3 +310,23 @@ def test_request_id_accepts_a_unique_prefix_of_what_calls_prints(uuid_url: str) 
 def test_an_ambiguous_request_id_prefix_is_one_line_naming_the_count(uuid_url: str) -> None:
     line = _one_line_error(run("calls", "--request-id", UUID_A[:14]))
     assert line == f"error: request_id: {UUID_A[:14]!r} is the start of 2 request ids; give more characters"
+
+
+def test_db_prune_deletes_old_rows_and_usage_still_counts_them(seeded_url: str) -> None:
+    before = json.loads(run("usage", "--json").stdout)["totals"]
+    newest = max(record.created_at for record in seed_records())
+
+    result = run("db", "prune", "--before", (newest + timedelta(days=2)).isoformat())
+
+    assert result.exit_code == 0, result.output
+    cutoff = (newest + timedelta(days=2)).strftime("%Y-%m-%dT00:00:00Z")
+    assert result.stdout.strip() == f"deleted 9 rows created before {cutoff}; their aggregates are kept"
+    assert json.loads(run("calls", "--json").stdout)["data"] == []
+    assert json.loads(run("usage", "--json").stdout)["totals"] == before
+
+
+@pytest.mark.usefixtures("seeded_url")
+def test_db_prune_with_a_bad_time_is_one_line() -> None:
+    assert _one_line_error(run("db", "prune", "--before", "soon")).startswith(
+        "error: before: 'soon' is neither"
+    )

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from course_llm.db.aggregates import BUCKET_COLUMNS, DAILY, DIMENSIONS, Grain, table_of
-from course_llm.db.filtering import TABLE, conditions, group_expression, int_sum
+from course_llm.db.filtering import TABLE, TimeBound, conditions, group_expression, int_sum
 from course_llm.reporting.histogram import bucket_sql, percentile
 from course_llm.reporting.usage import UsageFilters
 
@@ -106,6 +106,21 @@ def plan(since: datetime | None, until: datetime | None, *, by_hour: bool = Fals
     return parts
 
 
+async def _whole_hours_if_pruned(session: AsyncSession, part: Part) -> Part:
+    """A raw part older than every stored row, as the whole hours around it.
+
+    Its rows were pruned (`course_llm.db.prune`) or never existed; either way the hourly aggregate
+    has what there was, so the summary stays right to the hour instead of losing the part. (One
+    index probe: is any row older than the part's end?)
+    """
+    if part.source != "raw" or part.since is None or part.until is None:
+        return part
+    older = sa.select(TABLE.c.id).where(TABLE.c.created_at < sa.bindparam(None, part.until, TimeBound()))
+    if await session.scalar(older.limit(1)) is not None:
+        return part
+    return Part("hour", _floor(part.since, _HOUR), _ceil(part.until, _HOUR))
+
+
 def _aggregate_select(part: Part, names: list[str], filters: UsageFilters, dialect: str) -> sa.Select[Any]:
     grain: Grain = "hour" if part.source == "hour" else "day"
     table = table_of(grain)
@@ -182,7 +197,9 @@ async def summarize_rollup(
     dialect = session.get_bind().dialect.name
     groups: dict[Key, dict[str, Any]] = {}
     totals: dict[str, Any] = {}
-    for part in plan(filters.since, filters.until, by_hour="hour" in names):
+    parts = plan(filters.since, filters.until, by_hour="hour" in names)
+    parts = [await _whole_hours_if_pruned(session, part) for part in parts]
+    for part in parts:
         if part.source == "raw":
             statement = _raw_select(part, names, filters, dialect)
         else:

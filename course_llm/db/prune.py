@@ -1,0 +1,60 @@
+"""Delete old attempt rows and keep their aggregates: `course-llm db prune --before 90d`.
+
+The hourly and daily aggregates (`course_llm.db.aggregates`) count rows as they are inserted and
+are never decremented, so summaries over a pruned range still answer from them. Rows are deleted
+up to the start of the UTC day the cutoff falls in, so every pruned day is pruned whole, oldest
+first, `BATCH` rows per transaction: a long prune never holds one huge transaction or lock, and
+an interrupted one can simply be run again.
+
+A summary bound that falls inside a pruned hour is read from that hour's aggregate as a whole
+(`course_llm.db.rollup`): before the prune, summaries are exact to the hour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from course_llm.db.filtering import COLUMNS, TABLE, TimeBound
+from course_llm.db.session import SessionFactory
+
+__all__ = ["PruneResult", "prune", "prune_cutoff"]
+
+#: Rows deleted per transaction.
+BATCH = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """How many rows were deleted, all created before `before` (a UTC midnight)."""
+
+    before: datetime
+    deleted: int
+
+
+def prune_cutoff(before: datetime) -> datetime:
+    """The UTC midnight at or before `before`: rows older than it are pruned."""
+    return before.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+async def prune(session_factory: SessionFactory, before: datetime, batch: int = BATCH) -> PruneResult:
+    """Delete every llm_calls row created before `prune_cutoff(before)`, `batch` rows at a time."""
+    cutoff = sa.bindparam("cutoff", prune_cutoff(before), TimeBound())
+    oldest = (
+        sa.select(COLUMNS.id)
+        .where(COLUMNS.created_at < cutoff)
+        .order_by(COLUMNS.created_at)
+        .limit(batch)
+        .scalar_subquery()
+    )
+    statement = sa.delete(TABLE).where(COLUMNS.id.in_(oldest))
+    deleted = 0
+    while True:
+        async with session_factory() as session, session.begin():
+            result = await session.execute(statement)
+        count = max(result.rowcount or 0, 0)  # type: ignore[attr-defined]
+        deleted += count
+        if count < batch:
+            return PruneResult(prune_cutoff(before), deleted)

@@ -1,0 +1,304 @@
+"""The hourly and daily aggregates equal the raw rows, whatever wrote the rows and whatever was pruned.
+
+Each comparison runs one summary twice: from the aggregates (`summarize`) and from the raw rows
+(`summarize(..., exact=True)`). Counts, tokens and rates must be equal, cost equal to float
+rounding, p50/p95 within 5 % or 2 ms (docs/architecture.md, "Usage at scale").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import secrets
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from course_llm.db import create_session_factory, dispose_session_factory, insert_records, upgrade_database
+from course_llm.db.aggregates import BUCKET_COLUMNS, HOURLY
+from course_llm.db.prune import prune
+from course_llm.db.usage import summarize
+from course_llm.db.writes import insert_rows
+from course_llm.recording.records import CallRecord
+from course_llm.reporting.histogram import TOP_MS, bucket_of
+from course_llm.reporting.usage import UsageFilters
+from tests.conftest import POSTGRES_ADMIN_URL, _postgres_admin, _postgres_unreachable
+
+Factory = async_sessionmaker[AsyncSession]
+START = datetime(2026, 3, 1, tzinfo=UTC)
+GROUPINGS: list[list[str]] = [
+    [],
+    ["action"],
+    ["action", "model_id"],
+    ["tenant_id", "operation"],
+    ["day"],
+    ["hour", "provider"],
+    ["error_class"],
+    ["served_strategy", "strategy"],
+]
+
+
+def random_records(rng: random.Random, count: int, days: float = 3.0) -> list[CallRecord]:
+    records = []
+    for index in range(count):
+        success = rng.random() > 0.25
+        latency = rng.choice([None, rng.uniform(0, 40), rng.uniform(40, 20_000), rng.lognormvariate(7, 1)])
+        records.append(
+            CallRecord(
+                request_id=f"agg-{index // 2}",
+                attempt=rng.randint(1, 3),
+                action=rng.choice(["video_analysis", "course_structuring", "text_processing"]),
+                strategy=rng.choice(["default", "quality"]),
+                served_strategy=rng.choice(["default", "quality", "budget"]),
+                provider=rng.choice(["gemini", "anthropic"]),
+                model_id=rng.choice(["flash", "pro", "sonnet"]),
+                success=success,
+                source="proxy",
+                created_at=START + timedelta(seconds=rng.uniform(0, days * 86400)),
+                tokens_in=rng.choice([None, rng.randint(0, 9000)]),
+                tokens_out=rng.choice([None, rng.randint(0, 900)]),
+                latency_ms=latency,
+                cost_usd=rng.choice([None, rng.random() / 100]),
+                error_class=None if success else rng.choice(["RateLimitError", "Timeout"]),
+                tenant_id=rng.choice([None, "acme", "globex"]),
+                operation=rng.choice([None, "ingest"]),
+            )
+        )
+    return records
+
+
+def random_filters(rng: random.Random, days: float = 3.0) -> UsageFilters:
+    def moment() -> datetime | None:
+        return rng.choice([None, START + timedelta(minutes=rng.randint(-120, int(days * 1440) + 120))])
+
+    since, until = moment(), moment()
+    if since is not None and until is not None and since > until:
+        since, until = until, since
+    return UsageFilters(
+        since=since,
+        until=until,
+        action=rng.choice([None, None, "course_structuring"]),
+        tenant_id=rng.choice([None, None, "acme"]),
+        status=rng.choice([None, None, "error", "success"]),
+        model_id=rng.choice([None, None, "pro"]),
+    )
+
+
+def _close(got: float | None, exact: float | None) -> bool:
+    if got is None or exact is None:
+        return got is None and exact is None
+    return abs(got - exact) <= max(2.0, 0.05 * abs(exact))
+
+
+def assert_same_figures(got: dict[str, Any], exact: dict[str, Any], where: str) -> None:
+    for name in ("calls", "failures", "tokens_in", "tokens_out", "error_rate", "fallback_rate"):
+        assert got[name] == pytest.approx(exact[name], rel=1e-12), (where, name)
+    assert got["cost_usd"] == pytest.approx(exact["cost_usd"], rel=1e-9, abs=1e-12), where
+    for name in ("p50_latency_ms", "p95_latency_ms"):
+        assert _close(got[name], exact[name]), (where, name, got[name], exact[name])
+
+
+async def assert_aggregates_equal_raw(factory: Factory, filters: UsageFilters, group_by: list[str]) -> None:
+    got = await summarize(factory, filters, group_by)
+    exact = await summarize(factory, filters, group_by, exact=True)
+    where = f"{filters} by {group_by}"
+
+    def keyed(groups: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+        return {tuple(group[key] for key in group_by): group for group in groups}
+
+    got_groups, exact_groups = keyed(got.groups), keyed(exact.groups)
+    assert set(got_groups) == set(exact_groups), where
+    for key, group in got_groups.items():
+        assert_same_figures(group, exact_groups[key], f"{where}, group {key}")
+    assert_same_figures(got.totals, exact.totals, f"{where}, totals")
+
+
+async def test_aggregates_equal_the_raw_rows_after_random_inserts(session_factory: Factory) -> None:
+    rng = random.Random(11)
+    records = random_records(rng, 900)
+    await insert_records(session_factory, records[:450])  # binary COPY on PostgreSQL
+    await insert_rows(session_factory, records[450:])  # row INSERTs
+    for grouping in GROUPINGS:
+        await assert_aggregates_equal_raw(session_factory, UsageFilters(), grouping)
+    for _ in range(40):
+        await assert_aggregates_equal_raw(session_factory, random_filters(rng), rng.choice(GROUPINGS))
+
+
+async def test_a_replayed_batch_is_counted_once(session_factory: Factory) -> None:
+    records = random_records(random.Random(5), 300)
+    await insert_records(session_factory, records)
+    # A replay after a crash writes rows the database already has, through either write path.
+    assert await insert_records(session_factory, records[::2]) == 0
+    assert await insert_rows(session_factory, records[1::2]) == 0
+    totals = (await summarize(session_factory, UsageFilters(), [])).totals
+    assert totals["calls"] == 300
+    for grouping in GROUPINGS:
+        await assert_aggregates_equal_raw(session_factory, UsageFilters(), grouping)
+
+
+def _plain_sql_values(record: CallRecord, dialect: str) -> dict[str, Any]:
+    values = record.as_dict()
+    values["metadata"] = "{}"
+    if dialect == "sqlite":  # what another program writes into SQLite: text, as SQLAlchemy would
+        values["id"] = record.id.hex
+        values["created_at"] = f"{record.created_at:%Y-%m-%d %H:%M:%S.%f}"
+    return values
+
+
+async def _insert_plain_sql(factory: Factory, records: list[CallRecord]) -> None:
+    columns = list(records[0].as_dict())
+    statement = sa.text(
+        f"INSERT INTO llm_calls ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})"
+    )
+    async with factory() as session, session.begin():
+        dialect = session.get_bind().dialect.name
+        if dialect == "postgresql":
+            statement = statement.bindparams(sa.bindparam("metadata", type_=sa.String()))
+            statement = sa.text(str(statement).replace(":metadata", "CAST(:metadata AS jsonb)"))
+        await session.execute(statement, [_plain_sql_values(record, dialect) for record in records])
+
+
+async def test_rows_inserted_by_plain_sql_are_counted_at_once(session_factory: Factory) -> None:
+    rng = random.Random(23)
+    await insert_records(session_factory, random_records(rng, 200))
+    await _insert_plain_sql(session_factory, random_records(rng, 200))
+    for grouping in GROUPINGS:
+        await assert_aggregates_equal_raw(session_factory, UsageFilters(), grouping)
+    for _ in range(15):
+        await assert_aggregates_equal_raw(session_factory, random_filters(rng), rng.choice(GROUPINGS))
+
+
+async def test_non_finite_values_from_plain_sql_read_as_null_on_both_paths(session_factory: Factory) -> None:
+    record = random_records(random.Random(2), 1)[0]
+    poisoned = dataclasses.replace(record, latency_ms=float("inf"), cost_usd=float("inf"), success=True)
+    await _insert_plain_sql(session_factory, [poisoned, dataclasses.replace(poisoned, id=uuid.uuid4())])
+    got = (await summarize(session_factory, UsageFilters(), ["action"])).totals
+    exact = (await summarize(session_factory, UsageFilters(), ["action"], exact=True)).totals
+    assert got["calls"] == exact["calls"] == 2
+    assert got["cost_usd"] is None and exact["cost_usd"] is None
+    assert got["p50_latency_ms"] == TOP_MS  # the last bucket, read as its lower bound
+
+
+async def test_concurrent_writers_count_every_row_without_deadlock(session_factory: Factory) -> None:
+    """Writers upsert the same aggregate rows; in key order they wait for each other, never deadlock."""
+    rng = random.Random(8)
+    batches = [random_records(rng, 400, days=0.2) for _ in range(6)]
+    for batch, number in zip(batches, range(6), strict=True):
+        for index, record in enumerate(batch):
+            batch[index] = dataclasses.replace(record, request_id=f"w{number}-{index}")
+    await asyncio.gather(*(insert_records(session_factory, batch) for batch in batches))
+    assert (await summarize(session_factory, UsageFilters(), [])).totals["calls"] == 2400
+    for grouping in GROUPINGS:
+        await assert_aggregates_equal_raw(session_factory, UsageFilters(), grouping)
+
+
+async def test_prune_deletes_old_rows_and_summaries_keep_counting_them(session_factory: Factory) -> None:
+    rng = random.Random(31)
+    records = random_records(rng, 600, days=6)
+    await insert_records(session_factory, records)
+    whole = UsageFilters(since=START - timedelta(days=1), until=START + timedelta(days=7))
+    before = {tuple(g): await summarize(session_factory, whole, g) for g in map(tuple, GROUPINGS)}
+    cutoff = START + timedelta(days=3, hours=5)  # pruned up to the start of that UTC day
+
+    result = await prune(session_factory, cutoff, batch=50)
+
+    day = START + timedelta(days=3)
+    assert result.before == day
+    assert result.deleted == sum(1 for r in records if r.created_at < day)
+    exact_after = await summarize(session_factory, whole, [], exact=True)
+    assert exact_after.totals["calls"] == len(records) - result.deleted  # the raw rows are gone
+    for grouping, summary in before.items():
+        after = await summarize(session_factory, whole, list(grouping))
+        assert after == summary, grouping  # the aggregates still count them
+    for _ in range(15):  # after the cutoff the raw rows are still there to compare with
+        filters = dataclasses.replace(
+            random_filters(rng, days=6), since=day + timedelta(minutes=rng.randint(0, 4000))
+        )
+        if filters.until is None or filters.until > filters.since:  # type: ignore[operator]
+            await assert_aggregates_equal_raw(session_factory, filters, rng.choice(GROUPINGS))
+
+
+async def test_a_bound_inside_a_pruned_hour_reads_that_whole_hour(session_factory: Factory) -> None:
+    base = random_records(random.Random(4), 1)[0]
+    records = [
+        dataclasses.replace(base, id=uuid.uuid4(), created_at=START + timedelta(minutes=minute))
+        for minute in (5, 50, 24 * 60 + 30)
+    ]
+    await insert_records(session_factory, records)
+    await prune(session_factory, START + timedelta(days=1))
+    half_hour_in = UsageFilters(since=START + timedelta(minutes=30))
+    # Rows at 00:05 and 00:50 are pruned: the bound at 00:30 is read as 00:00 (exact to the hour).
+    assert (await summarize(session_factory, half_hour_in, [])).totals["calls"] == 3
+
+
+async def test_the_trigger_counts_each_latency_in_the_bucket_bucket_of_names(
+    session_factory: Factory,
+) -> None:
+    latencies = [0.0, 3.99, 4.0, 39.999, 40.0, 44.0, 44.00000000000001, 123.4, 5_000.0, TOP_MS, 1e9, -5.0]
+    base = random_records(random.Random(1), 1)[0]
+    records = [dataclasses.replace(base, id=uuid.uuid4(), latency_ms=value) for value in latencies]
+    await insert_records(session_factory, records)
+    async with session_factory() as session:
+        row = (await session.execute(sa.select(*(HOURLY.c[b] for b in BUCKET_COLUMNS)))).one()
+    counted = {index: count for index, count in enumerate(row) if count}
+    assert counted == dict(Counter(bucket_of(value) for value in latencies))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def blank_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with no schema at all (to migrate step by step), dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'first_schema.db'}"
+        return
+    name = f"course_llm_upgrade_{secrets.token_hex(4)}"
+    try:
+        asyncio.run(_postgres_admin(POSTGRES_ADMIN_URL, f'CREATE DATABASE "{name}"'))
+    except OSError as exc:
+        _postgres_unreachable(f"PostgreSQL not reachable: {exc}")
+    try:
+        yield (
+            make_url(POSTGRES_ADMIN_URL)
+            .set(drivername="postgresql+asyncpg", database=name)
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        asyncio.run(_postgres_admin(POSTGRES_ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_an_upgrade_from_the_first_schema_builds_the_aggregates_of_the_rows_there(
+    blank_database_url: str,
+) -> None:
+    upgrade_database(blank_database_url, "0001")
+    rng = random.Random(17)
+    records = random_records(rng, 500)
+
+    async def seed() -> None:
+        factory = create_session_factory(blank_database_url)
+        try:
+            await insert_rows(factory, records)
+        finally:
+            await dispose_session_factory(factory)
+
+    async def compare() -> None:
+        factory = create_session_factory(blank_database_url)
+        try:
+            assert (await summarize(factory, UsageFilters(), [])).totals["calls"] == 500
+            for grouping in GROUPINGS:
+                await assert_aggregates_equal_raw(factory, UsageFilters(), grouping)
+            for _ in range(10):
+                await assert_aggregates_equal_raw(factory, random_filters(rng), rng.choice(GROUPINGS))
+        finally:
+            await dispose_session_factory(factory)
+
+    asyncio.run(seed())
+    upgrade_database(blank_database_url)
+    asyncio.run(compare())
