@@ -25,6 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from course_llm.db import create_session_factory, dispose_session_factory, insert_records, upgrade_database
 from course_llm.db.aggregates import BUCKET_COLUMNS, HOURLY
+from course_llm.db.filtering import TABLE, conditions
+from course_llm.db.paging import list_calls
 from course_llm.db.prune import prune
 from course_llm.db.usage import summarize
 from course_llm.db.writes import insert_rows
@@ -177,6 +179,28 @@ async def test_rows_inserted_by_plain_sql_are_counted_at_once(session_factory: F
         await assert_aggregates_equal_raw(session_factory, random_filters(rng), rng.choice(GROUPINGS))
 
 
+async def test_rows_updated_or_deleted_by_plain_sql_are_recounted(session_factory: Factory) -> None:
+    rng = random.Random(29)
+    await insert_records(session_factory, random_records(rng, 500))
+    statements = [
+        "DELETE FROM llm_calls WHERE tenant_id = 'acme'",  # a tenant's rows erased on request
+        "UPDATE llm_calls SET action = 'text_processing', latency_ms = latency_ms * 3, cost_usd = 0.5"
+        " WHERE model_id = 'pro'",
+        "UPDATE llm_calls SET success = NOT success, tokens_in = NULL WHERE attempt = 2",
+    ]
+    for statement in statements:
+        async with session_factory() as session, session.begin():
+            await session.execute(sa.text(statement))
+        for grouping in GROUPINGS:
+            await assert_aggregates_equal_raw(session_factory, UsageFilters(), grouping)
+        for _ in range(5):
+            await assert_aggregates_equal_raw(session_factory, random_filters(rng), rng.choice(GROUPINGS))
+    async with session_factory() as session, session.begin():
+        await session.execute(sa.text("DELETE FROM llm_calls"))
+    empty = await summarize(session_factory, UsageFilters(), ["action"])
+    assert (empty.groups, empty.totals["calls"]) == ([], 0)  # groups of zeros are no groups
+
+
 async def test_non_finite_values_from_plain_sql_read_as_null_on_both_paths(session_factory: Factory) -> None:
     record = random_records(random.Random(2), 1)[0]
     poisoned = dataclasses.replace(record, latency_ms=float("inf"), cost_usd=float("inf"), success=True)
@@ -219,12 +243,37 @@ async def test_prune_deletes_old_rows_and_summaries_keep_counting_them(session_f
     for grouping, summary in before.items():
         after = await summarize(session_factory, whole, list(grouping))
         assert after == summary, grouping  # the aggregates still count them
+    # Deleting by hand after the prune: rows before the cutoff stay counted, newer ones do not.
+    async with session_factory() as session, session.begin():
+        await session.execute(sa.delete(TABLE).where(TABLE.c.action == "video_analysis"))
+    after_delete = await summarize(session_factory, whole, ["action"])
+    pruned_videos = sum(1 for r in records if r.action == "video_analysis" and r.created_at < day)
+    video = [g for g in after_delete.groups if g["action"] == "video_analysis"]
+    assert [g["calls"] for g in video] == [pruned_videos]
     for _ in range(15):  # after the cutoff the raw rows are still there to compare with
         filters = dataclasses.replace(
             random_filters(rng, days=6), since=day + timedelta(minutes=rng.randint(0, 4000))
         )
         if filters.until is None or filters.until > filters.since:  # type: ignore[operator]
             await assert_aggregates_equal_raw(session_factory, filters, rng.choice(GROUPINGS))
+
+
+async def test_a_page_total_counts_the_stored_rows_before_and_after_a_prune(session_factory: Factory) -> None:
+    rng = random.Random(41)
+    await insert_records(session_factory, random_records(rng, 500, days=4))
+    await _insert_plain_sql(session_factory, random_records(rng, 100, days=4))
+
+    async def assert_totals_counted() -> None:
+        for _ in range(20):
+            filters = random_filters(rng, days=4)
+            async with session_factory() as session:
+                statement = sa.select(sa.func.count()).select_from(TABLE).where(*conditions(filters))
+                counted = await session.scalar(statement)
+            assert (await list_calls(session_factory, filters)).total == counted, filters
+
+    await assert_totals_counted()
+    await prune(session_factory, START + timedelta(days=2))
+    await assert_totals_counted()
 
 
 async def test_a_bound_inside_a_pruned_hour_reads_that_whole_hour(session_factory: Factory) -> None:

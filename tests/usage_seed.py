@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from course_llm.db import LLMCall, insert_records
-from course_llm.db.aggregates import DAILY, HOURLY
+from course_llm.db.aggregates import DAILY, HOURLY, PRUNED
 from course_llm.recording.records import CallRecord
 
 D1 = datetime(2025, 3, 1, tzinfo=UTC)
@@ -117,7 +117,7 @@ async def seed(session_factory: async_sessionmaker[AsyncSession]) -> list[CallRe
 
 
 async def empty_usage(session: AsyncSession) -> None:
-    """Delete every llm_calls row and the aggregates that counted them (a delete leaves those alone)."""
+    """Delete every llm_calls row, the aggregates and the prune cutoff (which keeps older rows counted)."""
     await session.execute(sa.delete(LLMCall))
-    for table in (HOURLY, DAILY):
+    for table in (HOURLY, DAILY, PRUNED):
         await session.execute(sa.delete(table))

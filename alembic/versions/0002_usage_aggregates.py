@@ -10,7 +10,7 @@ histogram columns, a binary search over the bucket bounds), and a copy would dri
 queries that read the tables. The histogram layout is a storage format: changing
 `course_llm.reporting.histogram` needs a new migration that rebuilds the aggregates.
 
-The trigger is created before the backfill, in the same transaction: on PostgreSQL, CREATE
+The triggers are created before the backfill, in the same transaction: on PostgreSQL, CREATE
 TRIGGER locks llm_calls against writes until the commit, so no row is counted twice or missed.
 """
 
@@ -24,6 +24,7 @@ from alembic import op
 from course_llm.db.aggregates import (
     DAILY,
     HOURLY,
+    PRUNED,
     backfill_sql,
     postgresql_trigger_sql,
     sqlite_trigger_sql,
@@ -52,19 +53,23 @@ def upgrade() -> None:
             *columns,
             sa.PrimaryKeyConstraint("period", "group_key", name=op.f(f"pk_{table.name}")),
         )
+    op.create_table(
+        PRUNED.name,
+        sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("pruned_before", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f(f"pk_{PRUNED.name}")),
+    )
     trigger = postgresql_trigger_sql() if dialect == "postgresql" else sqlite_trigger_sql()
     for statement in [*trigger, *backfill_sql(dialect)]:
         op.execute(sa.text(statement))
 
 
 def downgrade() -> None:
-    op.execute(
-        sa.text(
-            "DROP TRIGGER IF EXISTS llm_calls_count"
-            + (" ON llm_calls" if op.get_bind().dialect.name == "postgresql" else "")
-        )
-    )
-    if op.get_bind().dialect.name == "postgresql":
+    postgresql = op.get_bind().dialect.name == "postgresql"
+    for operation in ("insert", "update", "delete"):
+        on_table = " ON llm_calls" if postgresql else ""
+        op.execute(sa.text(f"DROP TRIGGER IF EXISTS llm_calls_count_{operation}{on_table}"))
+    if postgresql:
         op.execute(sa.text("DROP FUNCTION IF EXISTS course_llm_count_calls()"))
-    op.drop_table(DAILY.name)
-    op.drop_table(HOURLY.name)
+    for table in (PRUNED, DAILY, HOURLY):
+        op.drop_table(table.name)

@@ -5,22 +5,23 @@ and per group of `DIMENSIONS`, the attempts' counts and sums and a latency histo
 (`course_llm.reporting.histogram`). Summaries read them instead of the raw rows
 (`course_llm.db.rollup`), so a 30-day report reads tens of thousands of rows, not millions.
 
-A trigger on llm_calls counts every inserted row, whoever inserts it (course_llm's writer, a COPY,
-a plain SQL `INSERT`), in the same transaction, so the aggregates are exact at every commit,
-the current hour included:
+Triggers on llm_calls count every inserted row, whoever inserts it (course_llm's writer, a COPY,
+a plain SQL `INSERT`), take away every deleted row and recount every updated one, in the same
+transaction, so the aggregates are exact at every commit, the current hour included:
 
-- PostgreSQL: one statement-level trigger with a transition table; each INSERT statement is
+- PostgreSQL: statement-level triggers with transition tables; each statement's rows are
   grouped once (by period, dimensions and latency bucket, then by period and dimensions) and
   upserted, in key order so concurrent writers lock aggregate rows in the same order;
-- SQLite: a row-level trigger (the only kind it has) upserting one row into each table.
+- SQLite: row-level triggers (the only kind it has) upserting one row into each table.
 
 Rows are matched on `(period, group_key)`: `group_key` spells every dimension unambiguously (a
 length-prefixed value, `-` for NULL; SHA-256 of that on PostgreSQL, whose index entries are
 bounded), because a unique index over nullable columns would let NULL groups repeat.
 
-The aggregates count inserts only: `course-llm db prune` deletes raw rows and keeps them (that is
-its purpose), and a row deleted or updated by hand still counts as inserted. `backfill_sql` builds
-them from the rows already there (migration 0002 runs it).
+Rows older than the prune cutoff (`llm_usage_pruned`, set by `course-llm db prune`) stay counted
+when deleted: that is what pruning is for. A group whose rows were all deleted keeps a row of
+zeros, which summaries leave out. `backfill_sql` builds the aggregates from the rows already
+there (migration 0002 runs it).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = [
     "DAILY",
     "DIMENSIONS",
     "HOURLY",
+    "PRUNED",
     "SUM_COLUMNS",
     "Grain",
     "backfill_sql",
@@ -83,12 +85,20 @@ def _table(name: str) -> sa.Table:
         sa.Column("fallbacks", sa.BigInteger(), nullable=False),
         sa.Column("tokens_in", sa.BigInteger(), nullable=False),
         sa.Column("tokens_out", sa.BigInteger(), nullable=False),
-        sa.Column("cost_usd", sa.Double(), nullable=False),
+        # NULL when a sum has no value (SQLite stores the NaN of Infinity - Infinity as NULL).
+        sa.Column("cost_usd", sa.Double(), nullable=True),
         *(sa.Column(bucket, sa.Integer(), nullable=False) for bucket in BUCKET_COLUMNS),
     ]
     return sa.Table(name, Base.metadata, *columns, sa.PrimaryKeyConstraint("period", "group_key"))
 
 
+#: The prune cutoff (one row, id 1): rows older than it were pruned and stay in the aggregates.
+PRUNED = sa.Table(
+    "llm_usage_pruned",
+    Base.metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("pruned_before", UTCDateTime(), nullable=False),
+)
 HOURLY = _table("llm_usage_hourly")
 DAILY = _table("llm_usage_daily")
 _GRAINS: tuple[tuple[Grain, sa.Table], ...] = (("hour", HOURLY), ("day", DAILY))
@@ -124,10 +134,12 @@ def _period(column: str, grain: Grain, dialect: str) -> str:
 
 
 _TARGET = ["period", "group_key", *DIMENSIONS, *SUM_COLUMNS, *BUCKET_COLUMNS]
+#: Rows older than the prune cutoff stay counted when deleted (`course_llm.db.prune`).
+_KEPT_BEFORE = f"(SELECT pruned_before FROM {PRUNED.name} WHERE id = 1)"
 
 
-def _grouped_insert(table: str, source: str, grain: Grain, dialect: str, *, upsert: bool) -> str:
-    """INSERT INTO `table` the groups of the rows in `source`: by bucket first, then by group."""
+def _grouped_insert(table: str, source: str, grain: Grain, dialect: str, *, sign: int = 1) -> str:
+    """Add (sign 1) or take away (-1) the groups of the rows in `source`: by bucket, then by group."""
     dims = ", ".join(DIMENSIONS)
     tokens = "sum" if dialect == "postgresql" else "total"  # SQLite's sum() fails past 2**63
     per_bucket = (
@@ -138,14 +150,16 @@ def _grouped_insert(table: str, source: str, grain: Grain, dialect: str, *, upse
         f" coalesce(sum(cost_usd), 0.0) AS cost_usd"
         f" FROM {source} GROUP BY period, {dims}, bucket"
     )
-    buckets = ", ".join(f"coalesce(sum(n) FILTER (WHERE bucket = {index}), 0)" for index in range(BUCKETS))
-    sums = f"sum(n), sum(fallbacks), {tokens}(tokens_in), {tokens}(tokens_out), sum(cost_usd)"
-    statement = (
+    buckets = ", ".join(
+        f"{sign} * coalesce(sum(n) FILTER (WHERE bucket = {index}), 0)" for index in range(BUCKETS)
+    )
+    summed = [("sum", "n"), ("sum", "fallbacks"), (tokens, "tokens_in"), (tokens, "tokens_out")]
+    sums = ", ".join(f"{sign} * {function}({column})" for function, column in [*summed, ("sum", "cost_usd")])
+    return (
         f"INSERT INTO {table} ({', '.join(_TARGET)})"
         f" SELECT period, {_group_key('', dialect)}, {dims}, {sums}, {buckets}"
-        f" FROM ({per_bucket}) AS per_bucket GROUP BY period, {dims} ORDER BY 1, 2"
+        f" FROM ({per_bucket}) AS per_bucket GROUP BY period, {dims} ORDER BY 1, 2" + _on_conflict(table)
     )
-    return statement + (_on_conflict(table) if upsert else "")
 
 
 def _on_conflict(table: str) -> str:
@@ -157,38 +171,69 @@ def _on_conflict(table: str) -> str:
 
 def backfill_sql(dialect: str) -> list[str]:
     """Statements that fill both (empty) aggregate tables from the llm_calls rows already there."""
-    return [
-        _grouped_insert(table.name, "llm_calls", grain, dialect, upsert=False) for grain, table in _GRAINS
-    ]
+    return [_grouped_insert(table.name, "llm_calls", grain, dialect) for grain, table in _GRAINS]
 
 
 def postgresql_trigger_sql() -> list[str]:
-    """The PostgreSQL function and statement-level trigger that count every inserted row."""
-    body = ";\n".join(
-        _grouped_insert(table.name, "new_rows", grain, "postgresql", upsert=True) for grain, table in _GRAINS
+    """The PostgreSQL function and its three statement-level triggers (insert, update, delete)."""
+
+    def counted(source: str, sign: int) -> str:
+        return ";\n".join(
+            _grouped_insert(t.name, source, grain, "postgresql", sign=sign) for grain, t in _GRAINS
+        )
+
+    still_counted = f"(SELECT * FROM old_rows WHERE created_at >= coalesce({_KEPT_BEFORE}, '-infinity'))"
+    body = (
+        f"IF TG_OP IN ('UPDATE', 'DELETE') THEN\n{counted(still_counted + ' AS old_counted', -1)};\nEND IF;\n"
+        f"IF TG_OP IN ('INSERT', 'UPDATE') THEN\n{counted('new_rows', 1)};\nEND IF;\n"
     )
+    transition = {
+        "INSERT": "NEW TABLE AS new_rows",
+        "UPDATE": "OLD TABLE AS old_rows NEW TABLE AS new_rows",
+        "DELETE": "OLD TABLE AS old_rows",
+    }
     return [
         "CREATE OR REPLACE FUNCTION course_llm_count_calls() RETURNS trigger LANGUAGE plpgsql AS $body$\n"
-        f"BEGIN\n{body};\nRETURN NULL;\nEND\n$body$",
-        "CREATE TRIGGER llm_calls_count AFTER INSERT ON llm_calls REFERENCING NEW TABLE AS new_rows"
-        " FOR EACH STATEMENT EXECUTE FUNCTION course_llm_count_calls()",
+        f"BEGIN\n{body}RETURN NULL;\nEND\n$body$",
+        *(
+            f"CREATE TRIGGER llm_calls_count_{operation.lower()} AFTER {operation} ON llm_calls"
+            f" REFERENCING {tables} FOR EACH STATEMENT EXECUTE FUNCTION course_llm_count_calls()"
+            for operation, tables in transition.items()
+        ),
+    ]
+
+
+def _sqlite_upsert(row: str, sign: int) -> list[str]:
+    """Add (sign 1) or take away (-1) one row (`NEW` or `OLD`) in both tables."""
+    dims = ", ".join(f"{row}.{dimension}" for dimension in DIMENSIONS)
+    buckets = ", ".join(f"{sign} * (bucket IS {index})" for index in range(BUCKETS))
+    sums = (
+        f"{sign}, {sign} * ({row}.success AND {row}.attempt > 1), {sign} * coalesce({row}.tokens_in, 0),"
+        f" {sign} * coalesce({row}.tokens_out, 0), {sign} * coalesce({row}.cost_usd, 0.0)"
+    )
+    # `WHERE true`: SQLite needs it to parse ON CONFLICT after INSERT … SELECT ("upsert" docs).
+    return [
+        f"INSERT INTO {table.name} ({', '.join(_TARGET)})"
+        f" SELECT {_period(f'{row}.created_at', grain, 'sqlite')}, {_group_key(f'{row}.', 'sqlite')},"
+        f" {dims}, {sums}, {buckets} FROM (SELECT {bucket_sql(f'{row}.latency_ms')} AS bucket) WHERE true"
+        + _on_conflict(table.name)
+        for grain, table in _GRAINS
     ]
 
 
 def sqlite_trigger_sql() -> list[str]:
-    """The SQLite row-level trigger that counts every inserted row into both tables."""
-    dims = ", ".join(f"NEW.{dimension}" for dimension in DIMENSIONS)
-    buckets = ", ".join(f"(bucket IS {index})" for index in range(BUCKETS))
-    inserts = []
-    for grain, table in _GRAINS:
-        # `WHERE true`: SQLite needs it to parse ON CONFLICT after INSERT … SELECT ("upsert" docs).
-        inserts.append(
-            f"INSERT INTO {table.name} ({', '.join(_TARGET)})"
-            f" SELECT {_period('NEW.created_at', grain, 'sqlite')}, {_group_key('NEW.', 'sqlite')}, {dims},"
-            " 1, (NEW.success AND NEW.attempt > 1), coalesce(NEW.tokens_in, 0),"
-            f" coalesce(NEW.tokens_out, 0), coalesce(NEW.cost_usd, 0.0), {buckets}"
-            f" FROM (SELECT {bucket_sql('NEW.latency_ms')} AS bucket) WHERE true" + _on_conflict(table.name)
+    """SQLite's row-level triggers: an insert adds the row, a delete takes it away, an update both."""
+    kept = f"OLD.created_at < coalesce({_KEPT_BEFORE}, '')"
+
+    def trigger(operation: str, statements: list[str], when: str = "") -> str:
+        return (
+            f"CREATE TRIGGER llm_calls_count_{operation.lower()} AFTER {operation} ON llm_calls{when} BEGIN\n"
+            + ";\n".join(statements)
+            + ";\nEND"
         )
+
     return [
-        "CREATE TRIGGER llm_calls_count AFTER INSERT ON llm_calls BEGIN\n" + ";\n".join(inserts) + ";\nEND"
+        trigger("INSERT", _sqlite_upsert("NEW", 1)),
+        trigger("DELETE", _sqlite_upsert("OLD", -1), f" WHEN NOT ({kept})"),
+        trigger("UPDATE", [*_sqlite_upsert("OLD", -1), *_sqlite_upsert("NEW", 1)]),
     ]

@@ -2,7 +2,9 @@
 
 `course_llm.reporting.paging` says what each way promises; this module holds the two queries.
 Both order by `created_at DESC, id DESC` (`NEWEST_FIRST`) and read one row more than the page, so
-they know whether another page follows (`next_cursor`) without counting.
+they know whether another page follows (`next_cursor`) without counting. A numbered page's
+`total` comes from the usage aggregates when its filters allow (`course_llm.db.rollup.count_rows`),
+so it no longer costs a scan of every match.
 
 The keyset condition is written as `created_at <= t AND (created_at < t OR id < i)` rather than
 the row comparison `(created_at, id) < (t, i)`: both databases take the first term as a range on
@@ -30,11 +32,11 @@ from course_llm.db.filtering import (
     COLUMNS,
     NEWEST_FIRST,
     ROW_COLUMNS,
-    TABLE,
     conditions,
     resolve_filters,
     row_dict,
 )
+from course_llm.db.rollup import count_rows
 from course_llm.db.session import SessionFactory
 from course_llm.reporting.paging import MAX_STORED_LENGTH, CallsPage, Cursor, encode_cursor
 from course_llm.reporting.usage import UsageFilters
@@ -109,9 +111,8 @@ async def list_calls(
             .limit(page_size + 1)
             .offset((page - 1) * page_size)
         )
-        total_statement = sa.select(sa.func.count()).select_from(TABLE).where(*conditions(filters))
-        total = int(await session.scalar(total_statement) or 0)
-        rows = list((await session.execute(statement)).mappings().all()) if total else []
+        total = await count_rows(session, filters)
+        rows = list((await session.execute(statement)).mappings().all())
     return CallsPage(
         data=_data(rows, page_size),
         total=total,

@@ -18,6 +18,7 @@ Each part is one GROUP BY returning a row per group; the parts are merged here, 
 from __future__ import annotations
 
 import dataclasses
+import math
 import weakref
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -26,12 +27,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from course_llm.db.aggregates import BUCKET_COLUMNS, DAILY, DIMENSIONS, Grain, table_of
-from course_llm.db.filtering import TABLE, TimeBound, conditions, group_expression, int_sum
+from course_llm.db.aggregates import BUCKET_COLUMNS, DAILY, DIMENSIONS, PRUNED, Grain, table_of
+from course_llm.db.filtering import TABLE, conditions, group_expression, int_sum
 from course_llm.reporting.histogram import bucket_sql, percentile
 from course_llm.reporting.usage import UsageFilters
 
-__all__ = ["Part", "aggregates_exist", "plan", "servable", "summarize_rollup"]
+__all__ = ["Part", "aggregates_exist", "count_rows", "plan", "pruned_before", "servable", "summarize_rollup"]
 
 _HOUR = timedelta(hours=1)
 _DAY = timedelta(days=1)
@@ -106,17 +107,22 @@ def plan(since: datetime | None, until: datetime | None, *, by_hour: bool = Fals
     return parts
 
 
-async def _whole_hours_if_pruned(session: AsyncSession, part: Part) -> Part:
-    """A raw part older than every stored row, as the whole hours around it.
+async def pruned_before(session: AsyncSession) -> datetime | None:
+    """The prune cutoff (`course_llm.db.prune`): older rows are gone but still in the aggregates."""
+    moment: datetime | None = await session.scalar(sa.select(PRUNED.c.pruned_before).where(PRUNED.c.id == 1))
+    return moment
 
-    Its rows were pruned (`course_llm.db.prune`) or never existed; either way the hourly aggregate
-    has what there was, so the summary stays right to the hour instead of losing the part. (One
-    index probe: is any row older than the part's end?)
+
+def _whole_hours_if_pruned(part: Part, cutoff: datetime | None) -> Part:
+    """A raw part older than the prune cutoff, as the whole hours around it.
+
+    Its rows are gone, but the hourly aggregate still has them, so the summary stays right to the
+    hour instead of losing the part. (The cutoff is a UTC midnight and a raw part lies within one
+    hour, so a part is either wholly before it or not at all.)
     """
-    if part.source != "raw" or part.since is None or part.until is None:
+    if part.source != "raw" or cutoff is None or part.since is None or part.until is None:
         return part
-    older = sa.select(TABLE.c.id).where(TABLE.c.created_at < sa.bindparam(None, part.until, TimeBound()))
-    if await session.scalar(older.limit(1)) is not None:
+    if part.until > cutoff:
         return part
     return Part("hour", _floor(part.since, _HOUR), _ceil(part.until, _HOUR))
 
@@ -137,6 +143,7 @@ def _aggregate_select(part: Part, names: list[str], filters: UsageFilters, diale
             int_sum(columns.tokens_in, dialect).label("tokens_in"),
             int_sum(columns.tokens_out, dialect).label("tokens_out"),
             sa.func.sum(columns.cost_usd).label("cost_usd"),
+            sa.func.max(sa.case((columns.cost_usd.is_(None), 1), else_=0)).label("cost_unknown"),
             *(int_sum(columns[bucket], dialect).label(bucket) for bucket in BUCKET_COLUMNS),
         )
         .where(*conditions(bounded, columns=columns, time_column="period"))
@@ -166,6 +173,7 @@ def _raw_select(part: Part, names: list[str], filters: UsageFilters, dialect: st
         int_sum(columns.tokens_in, dialect).label("tokens_in"),
         int_sum(columns.tokens_out, dialect).label("tokens_out"),
         sa.func.sum(columns.cost_usd).label("cost_usd"),
+        sa.literal(0).label("cost_unknown"),  # a NULL raw cost is no cost
         *buckets,
     ).group_by(*keys)
 
@@ -176,8 +184,10 @@ Key = tuple[Any, ...]
 def _merge(total: dict[str, Any], row: sa.RowMapping) -> None:
     for name in _COUNTS:
         total[name] = total.get(name, 0) + int(row[name] or 0)
-    # NaN or ±Infinity in a stored cost stays in the sum, as in a raw SUM (and reads as None).
-    total["cost_usd"] = total.get("cost_usd", 0.0) + float(row["cost_usd"] or 0.0)
+    # NaN or ±Infinity in a stored cost stays in the sum, as in a raw SUM (and reads as None); an
+    # aggregate cost with no value (NULL) is such a sum.
+    cost = math.nan if row["cost_unknown"] else float(row["cost_usd"] or 0.0)
+    total["cost_usd"] = total.get("cost_usd", 0.0) + cost
     counts = total.setdefault("buckets", [0] * len(BUCKET_COLUMNS))
     for index, bucket in enumerate(BUCKET_COLUMNS):
         counts[index] += int(row[bucket] or 0)
@@ -198,7 +208,9 @@ async def summarize_rollup(
     groups: dict[Key, dict[str, Any]] = {}
     totals: dict[str, Any] = {}
     parts = plan(filters.since, filters.until, by_hour="hour" in names)
-    parts = [await _whole_hours_if_pruned(session, part) for part in parts]
+    if any(part.source == "raw" for part in parts):
+        cutoff = await pruned_before(session)
+        parts = [_whole_hours_if_pruned(part, cutoff) for part in parts]
     for part in parts:
         if part.source == "raw":
             statement = _raw_select(part, names, filters, dialect)
@@ -211,4 +223,24 @@ async def summarize_rollup(
             _merge(totals, row)
     if not totals:
         totals = dict.fromkeys(_COUNTS, 0) | {"cost_usd": 0.0}
-    return [_figures(group) for group in groups.values()], _figures(totals)
+    # A group whose rows were all deleted is a row of zeros in the aggregates: not a group.
+    return [_figures(group) for group in groups.values() if group["calls"]], _figures(totals)
+
+
+async def count_rows(session: AsyncSession, filters: UsageFilters) -> int:
+    """How many llm_calls rows match `filters`: from the aggregates when they can say, else counted.
+
+    A `total` over millions of rows is a scan of every match; the aggregates answer at the cost of
+    a summary. Pruned rows are still in the aggregates but no longer in the table, so the count
+    starts at the prune cutoff.
+    """
+    if servable(filters, []) and await aggregates_exist(session):
+        cutoff = await pruned_before(session)
+        if cutoff is not None:
+            filters = dataclasses.replace(filters, since=max(filters.since or cutoff, cutoff))
+            if filters.until is not None and filters.until <= cutoff:
+                return 0
+        _, totals = await summarize_rollup(session, filters, [])
+        return int(totals["calls"])
+    statement = sa.select(sa.func.count()).select_from(TABLE).where(*conditions(filters))
+    return int(await session.scalar(statement) or 0)

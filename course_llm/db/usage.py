@@ -43,7 +43,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from course_llm.db.filtering import (
     COLUMNS,
     ROW_COLUMNS,
-    TABLE,
     conditions,
     finite,
     group_expression,
@@ -53,7 +52,7 @@ from course_llm.db.filtering import (
     row_dict,
 )
 from course_llm.db.paging import list_calls, list_calls_after
-from course_llm.db.rollup import aggregates_exist, servable, summarize_rollup
+from course_llm.db.rollup import aggregates_exist, count_rows, servable, summarize_rollup
 from course_llm.db.session import SessionFactory
 from course_llm.reporting.usage import GROUP_KEYS, CallsPage, Summary, UsageFilters
 
@@ -76,9 +75,7 @@ Key = tuple[Any, ...]
 async def count_matching(session_factory: SessionFactory, filters: UsageFilters) -> int:
     """How many rows match `filters` (the `total` of a page, the length of an export)."""
     async with session_factory() as session:
-        filters = await resolve_filters(session, filters)
-        statement = sa.select(sa.func.count()).select_from(TABLE).where(*conditions(filters))
-        return int(await session.scalar(statement) or 0)
+        return await count_rows(session, await resolve_filters(session, filters))
 
 
 async def request_attempts(session_factory: SessionFactory, request_id: str) -> list[dict[str, Any]]:
