@@ -21,7 +21,7 @@ import dataclasses
 import math
 import weakref
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -85,7 +85,9 @@ def _ceil(moment: datetime, step: timedelta) -> datetime:
 
 
 def plan(since: datetime | None, until: datetime | None, *, by_hour: bool = False) -> list[Part]:
-    """The parts `[since, until)` is read from (UTC-aware bounds; `by_hour`: no daily part)."""
+    """The parts `[since, until)` is read from (aware bounds; `by_hour`: no daily part)."""
+    since = since.astimezone(UTC) if since is not None else None  # hours and days are UTC's
+    until = until.astimezone(UTC) if until is not None else None
     low = _ceil(since, _HOUR) if since is not None else None
     high = _floor(until, _HOUR) if until is not None else None
     if low is not None and high is not None and low >= high:
