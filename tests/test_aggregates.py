@@ -2,7 +2,7 @@
 
 Each comparison runs one summary twice: from the aggregates (`summarize`) and from the raw rows
 (`summarize(..., exact=True)`). Counts, tokens and rates must be equal, cost equal to float
-rounding, p50/p95 within 5 % or 2 ms (docs/architecture.md, "Usage at scale").
+rounding, p50/p95 within 5 % or 2 ms (docs/architecture.md, "Usage aggregates").
 """
 
 from __future__ import annotations

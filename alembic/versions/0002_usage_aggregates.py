@@ -5,7 +5,7 @@ Revises: 0001
 Create Date: 2026-11-29
 
 The tables, the trigger and the backfill are course_llm.db.aggregates' (docs/architecture.md,
-"Usage at scale"). Unlike 0001 this migration imports them: the trigger's SQL is generated (112
+"Usage aggregates"). Unlike 0001 this migration imports them: the trigger's SQL is generated (112
 histogram columns, a binary search over the bucket bounds), and a copy would drift from the
 queries that read the tables. The histogram layout is a storage format: changing
 `course_llm.reporting.histogram` needs a new migration that rebuilds the aggregates.

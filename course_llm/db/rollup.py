@@ -25,11 +25,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from course_llm.db.aggregates import BUCKET_COLUMNS, DAILY, DIMENSIONS, PRUNED, Grain, table_of
 from course_llm.db.filtering import TABLE, conditions, group_expression, int_sum
-from course_llm.reporting.histogram import bucket_sql, percentile
+from course_llm.reporting.histogram import BOUNDS, bucket_sql, percentile
 from course_llm.reporting.usage import UsageFilters
 
 __all__ = ["Part", "aggregates_exist", "count_rows", "plan", "pruned_before", "servable", "summarize_rollup"]
@@ -153,31 +154,42 @@ def _aggregate_select(part: Part, names: list[str], filters: UsageFilters, diale
     )
 
 
+def _bucket(latency: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:
+    """The histogram bucket of each raw row's latency, as `bucket_of` (NULL for no latency)."""
+    if dialect == "postgresql":  # a binary search over the bounds, as bisect_right; NaN: the last
+        bounds: sa.ColumnElement[Any] = sa.literal(list(BOUNDS), postgresql.ARRAY(sa.Double()))
+        return sa.func.width_bucket(latency, bounds, type_=sa.Integer())
+    return sa.literal_column(bucket_sql(latency.name), sa.Integer())
+
+
 def _raw_select(part: Part, names: list[str], filters: UsageFilters, dialect: str) -> sa.Select[Any]:
+    """The raw rows of a partial hour, grouped by the keys and by latency bucket.
+
+    A row per (group, bucket) rather than a column per bucket: 112 `count(*) FILTER (…)` columns
+    cost more to plan than a few thousand rows cost to read.
+    """
     bounded = dataclasses.replace(filters, since=part.since, until=part.until)
-    rows = (
-        sa.select(*TABLE.c, sa.literal_column(bucket_sql("latency_ms")).label("bucket"))
+    columns = TABLE.c
+    keys = [group_expression(name, dialect) for name in names]
+    bucket = _bucket(columns.latency_ms, dialect).label("bucket")
+    return (
+        sa.select(
+            *keys,
+            bucket,
+            sa.func.count().label("calls"),
+            sa.func.count().filter(columns.success == sa.false()).label("failures"),
+            sa.func.count().filter(columns.success == sa.true()).label("successes"),
+            sa.func.count()
+            .filter(sa.and_(columns.success == sa.true(), columns.attempt > 1))
+            .label("fallbacks"),
+            int_sum(columns.tokens_in, dialect).label("tokens_in"),
+            int_sum(columns.tokens_out, dialect).label("tokens_out"),
+            sa.func.sum(columns.cost_usd).label("cost_usd"),
+            sa.literal(0).label("cost_unknown"),  # a NULL raw cost is no cost
+        )
         .where(*conditions(bounded))
-        .subquery("edge")
+        .group_by(*keys, bucket)
     )
-    columns = rows.c
-    keys = [group_expression(name, dialect, columns) for name in names]
-    buckets = [
-        sa.func.count().filter(columns.bucket == index).label(bucket)
-        for index, bucket in enumerate(BUCKET_COLUMNS)
-    ]
-    return sa.select(
-        *keys,
-        sa.func.count().label("calls"),
-        sa.func.count().filter(columns.success == sa.false()).label("failures"),
-        sa.func.count().filter(columns.success == sa.true()).label("successes"),
-        sa.func.count().filter(sa.and_(columns.success == sa.true(), columns.attempt > 1)).label("fallbacks"),
-        int_sum(columns.tokens_in, dialect).label("tokens_in"),
-        int_sum(columns.tokens_out, dialect).label("tokens_out"),
-        sa.func.sum(columns.cost_usd).label("cost_usd"),
-        sa.literal(0).label("cost_unknown"),  # a NULL raw cost is no cost
-        *buckets,
-    ).group_by(*keys)
 
 
 Key = tuple[Any, ...]
@@ -191,6 +203,10 @@ def _merge(total: dict[str, Any], row: sa.RowMapping) -> None:
     cost = math.nan if row["cost_unknown"] else float(row["cost_usd"] or 0.0)
     total["cost_usd"] = total.get("cost_usd", 0.0) + cost
     counts = total.setdefault("buckets", [0] * len(BUCKET_COLUMNS))
+    if "bucket" in row:  # raw rows: one bucket per result row (None: no latency)
+        if row["bucket"] is not None:
+            counts[row["bucket"]] += int(row["calls"])
+        return
     for index, bucket in enumerate(BUCKET_COLUMNS):
         counts[index] += int(row[bucket] or 0)
 

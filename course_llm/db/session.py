@@ -94,7 +94,11 @@ def create_engine(url: str, **engine_kwargs: Any) -> AsyncEngine:
         # An unreachable server must fail fast (asyncpg waits 60 s by default), and connections
         # that died with a server restart must be noticed before a batch is sent on them.
         engine_kwargs.setdefault("pool_pre_ping", True)
-        engine_kwargs["connect_args"] = {"timeout": 5, **engine_kwargs.get("connect_args", {})}
+        # JIT off: course_llm's reports are short queries with many columns (a latency histogram
+        # is 112), which PostgreSQL's planner costs above `jit_above_cost`; compiling one took 18 s
+        # of a query that runs in 0.25 s (bench/bench_usage.py at 10M rows).
+        connect_args = {"timeout": 5, "server_settings": {"jit": "off"}}
+        engine_kwargs["connect_args"] = {**connect_args, **engine_kwargs.get("connect_args", {})}
     engine = create_async_engine(parsed, **engine_kwargs)
     if parsed.get_backend_name() == "sqlite":
         _configure_sqlite(engine)

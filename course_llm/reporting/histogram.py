@@ -2,7 +2,7 @@
 
 The hourly and daily aggregates (`course_llm.db.aggregates`) keep, per group, how many attempts'
 latencies fell in each of `BUCKETS` buckets. A percentile read from those counts is within 5 %
-or 2 ms of the exact one (the contract in docs/architecture.md, "Usage at scale"):
+or 2 ms of the exact one (the contract in docs/architecture.md, "Usage aggregates"):
 
 - buckets 0-9 are 4 ms wide, [0, 4) … [36, 40): a value read as its bucket's middle is at most
   2 ms off;
