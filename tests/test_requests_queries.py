@@ -287,3 +287,44 @@ async def test_a_tag_that_is_1_and_1_0_on_two_rows_is_one_group(session_factory:
     assert [(g["tag"], g["calls"]) for g in await tag_breakdown(session_factory, UsageFilters())] == [
         ("v=1", 2)
     ]
+
+
+async def test_a_request_straddling_the_range_is_judged_and_ordered_by_every_attempt(
+    session_factory: Factory,
+) -> None:
+    """Attempts before `since` or after `until` still decide the outcome and the start.
+
+    `early`: attempt 1 fails before the range, attempt 2 succeeds in it. `late`: attempt 1 fails
+    in the range, attempt 2 succeeds after it. `lost`: attempt 1 fails in the range, attempt 2
+    fails after it. `inside`: one success in the range.
+    """
+    since = datetime(2025, 3, 1, 12, tzinfo=UTC)
+    until = since + timedelta(hours=1)
+    second = timedelta(seconds=1)
+    await insert_records(
+        session_factory,
+        [
+            row(0, request_id="early", success=False, created_at=since - 30 * second),
+            row(0, request_id="early", attempt=2, created_at=since + 10 * second),
+            row(0, request_id="late", success=False, created_at=until - 5 * second),
+            row(0, request_id="late", attempt=2, created_at=until + 5 * second),
+            row(0, request_id="lost", success=False, created_at=until - 20 * second),
+            row(0, request_id="lost", attempt=2, success=False, created_at=until + 20 * second),
+            row(0, request_id="inside", created_at=since + 40 * second),
+        ],
+    )
+    window = UsageFilters(since=since, until=until)
+
+    page = await list_requests(session_factory, window)
+
+    # Newest first by each request's first attempt: `early` started before the range, so it is last.
+    assert [line["request_id"] for line in page.data] == ["late", "lost", "inside", "early"]
+    assert {line["request_id"]: (line["success"], line["attempts"]) for line in page.data} == {
+        "early": (True, 2),
+        "late": (True, 2),
+        "lost": (False, 2),
+        "inside": (True, 1),
+    }
+    assert page.as_dict()["totals"] == {"requests": 4, "failed_requests": 1, "error_rate": 0.25}
+    errors = await list_requests(session_factory, UsageFilters(since=since, until=until, status="error"))
+    assert [line["request_id"] for line in errors.data] == ["lost"]
