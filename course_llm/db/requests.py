@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import defaultdict
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -82,17 +83,34 @@ async def list_requests(
     return RequestsPage(data=lines, total=int(total), failed=int(failed or 0), page=page, page_size=page_size)
 
 
+#: How far outside the range a picked request's other attempts are looked for. A request's attempts
+#: are bounded by their timeouts: 10 minutes each by default, a dozen at most in a long chain with
+#: a fallback strategy, so 2 hours; 6 hours leaves room and keeps the read small.
+REQUEST_SPAN = timedelta(hours=6)
+
+
+def _just_outside(filters: UsageFilters) -> list[sa.ColumnElement[bool]]:
+    """The times within `REQUEST_SPAN` before `since` and after `until` (both ends open-ended)."""
+    sides = []
+    if filters.since is not None:
+        before = UsageFilters(since=filters.since - REQUEST_SPAN, until=filters.since)
+        sides.append(sa.and_(*conditions(before)))
+    if filters.until is not None:
+        after = UsageFilters(since=filters.until, until=filters.until + REQUEST_SPAN)
+        sides.append(sa.and_(*conditions(after)))
+    return sides
+
+
 def _per_request(filters: UsageFilters) -> sa.Select[Any]:
     """Per picked request: its first attempt's start and whether any attempt succeeded (the
     `status` filter picks by that outcome).
 
     The filters pick the requests; the outcome is over *every* attempt of each: a request rescued
     by a fallback on another model succeeded even when `model_id` picks the failure. Reading every
-    attempt of 160,000 picked ids made PostgreSQL scan the whole table (3.9 s at 10M rows), so the
-    attempts inside the time range are read by the range, and only requests that can have
-    attempts outside it are looked up by id: those whose first attempt in range is not attempt 1
-    (earlier ones precede `since`) and, when `until` is set, those with no success in range yet
-    (later ones may follow it).
+    attempt of 160,000 picked ids by id made PostgreSQL scan the whole table (3.9 s at 10M rows),
+    so attempts are read by time: those in the range, grouped per request, and those within
+    `REQUEST_SPAN` before and after it, grouped likewise and joined on, which amend the start
+    and the outcome of a request that straddles an end of the range.
     """
     succeeded = sa.func.max(sa.case((COLUMNS.success == sa.true(), 1), else_=0))
     in_range = conditions(UsageFilters(since=filters.since, until=filters.until))
@@ -106,7 +124,6 @@ def _per_request(filters: UsageFilters) -> sa.Select[Any]:
             COLUMNS.request_id.label("request_id"),
             sa.func.min(COLUMNS.created_at).label("started_at"),
             succeeded.label("succeeded"),
-            sa.func.min(COLUMNS.attempt).label("first_attempt"),
         )
         .where(*in_range, *picked)
         .group_by(COLUMNS.request_id)
@@ -116,21 +133,17 @@ def _per_request(filters: UsageFilters) -> sa.Select[Any]:
     outcome: sa.ColumnElement[Any] = inside.c.succeeded
     source: sa.FromClause = inside
     if in_range:
-        may_extend = [inside.c.first_attempt > 1]
-        if filters.until is not None:
-            may_extend.append(inside.c.succeeded == 0)
-        edge = sa.select(inside.c.request_id).where(sa.or_(*may_extend))
         outside = (
             sa.select(
                 COLUMNS.request_id.label("request_id"),
                 sa.func.min(COLUMNS.created_at).label("started_at"),
                 succeeded.label("succeeded"),
             )
-            .where(COLUMNS.request_id.in_(edge), sa.not_(sa.and_(*in_range)))
+            .where(sa.or_(*_just_outside(filters)))
             .group_by(COLUMNS.request_id)
             .subquery("outside")
         )
-        # A join, not a UNION regrouped: the few requests with attempts outside amend their line.
+        # A join, not a UNION regrouped: only requests with attempts outside are amended.
         source = inside.outerjoin(outside, outside.c.request_id == inside.c.request_id)
         started_at = sa.case(
             (outside.c.started_at < inside.c.started_at, outside.c.started_at), else_=inside.c.started_at
