@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from course_llm.db.models import LLMCall
 from course_llm.errors import UsageQueryError
 from course_llm.reporting.requests import MIN_PREFIX, ambiguous_prefix_message, like_prefix
-from course_llm.reporting.usage import UsageFilters
+from course_llm.reporting.usage import FILTER_NAMES, UsageFilters
 
 __all__ = [
     "COLUMNS",
@@ -61,17 +61,9 @@ TABLE: sa.Table = LLMCall.__table__  # type: ignore[assignment]  # declared as F
 COLUMNS = TABLE.c
 Columns = sa.ColumnCollection[str, sa.ColumnElement[Any]] | Any
 
-#: Filters that are plain equality on the column of the same name.
-_EQUALITY_FILTERS = (
-    "action",
-    "strategy",
-    "served_strategy",
-    "provider",
-    "model_id",
-    "tenant_id",
-    "operation",
-    "request_id",
-)
+#: Filters that are plain equality on the column of the same name: all but the time bounds and
+#: `status` (which is `success`).
+_EQUALITY_FILTERS = tuple(name for name in FILTER_NAMES if name not in ("since", "until", "status"))
 
 #: Newest first; the id (uuid7, time-ordered) breaks ties so pages never overlap or skip rows.
 NEWEST_FIRST = (COLUMNS.created_at.desc(), COLUMNS.id.desc())
