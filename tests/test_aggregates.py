@@ -31,6 +31,7 @@ from course_llm.db.prune import prune
 from course_llm.db.rollup import plan
 from course_llm.db.usage import summarize
 from course_llm.db.writes import insert_rows
+from course_llm.errors import UsageQueryError
 from course_llm.recording.records import CallRecord
 from course_llm.reporting.histogram import TOP_MS, bucket_of
 from course_llm.reporting.usage import UsageFilters
@@ -105,7 +106,10 @@ def _close(got: float | None, exact: float | None) -> bool:
 def assert_same_figures(got: dict[str, Any], exact: dict[str, Any], where: str) -> None:
     for name in ("calls", "failures", "tokens_in", "tokens_out", "error_rate", "fallback_rate"):
         assert got[name] == pytest.approx(exact[name], rel=1e-12), (where, name)
-    assert got["cost_usd"] == pytest.approx(exact["cost_usd"], rel=1e-9, abs=1e-12), where
+    if exact["cost_usd"] is None:  # a NaN or ±Infinity cost: no value on either path
+        assert got["cost_usd"] is None, where
+    else:
+        assert got["cost_usd"] == pytest.approx(exact["cost_usd"], rel=1e-9, abs=1e-12), where
     for name in ("p50_latency_ms", "p95_latency_ms"):
         assert _close(got[name], exact[name]), (where, name, got[name], exact[name])
 
@@ -275,6 +279,52 @@ async def test_a_page_total_counts_the_stored_rows_before_and_after_a_prune(sess
     await assert_totals_counted()
     await prune(session_factory, START + timedelta(days=2))
     await assert_totals_counted()
+
+
+async def test_rows_older_than_the_cutoff_that_arrive_later_are_counted_updated_and_paged(
+    session_factory: Factory,
+) -> None:
+    """A late replay (or plain SQL) stores rows older than the prune cutoff after the prune."""
+    rng = random.Random(47)
+    early = random_records(rng, 100, days=4)
+    await insert_records(session_factory, early)
+    await prune(session_factory, START + timedelta(days=2))
+    late = random_records(random.Random(48), 40, days=1)  # all before the cutoff
+    await insert_records(session_factory, late)
+    async with session_factory() as session, session.begin():
+        await session.execute(sa.text("UPDATE llm_calls SET tokens_in = 7, cost_usd = 0.25"))
+    async with session_factory() as session:
+        stored = await session.scalar(sa.select(sa.func.count()).select_from(TABLE))
+    assert (await list_calls(session_factory, UsageFilters())).total == stored
+    assert (await list_calls(session_factory, UsageFilters(until=START + timedelta(days=1)))).total == 40
+    after_cutoff = UsageFilters(since=START + timedelta(days=2))
+    for grouping in GROUPINGS:
+        await assert_aggregates_equal_raw(session_factory, after_cutoff, grouping)
+    # The first day holds its pruned rows (in the aggregates only) and the late ones (in both).
+    first_day = UsageFilters(since=START, until=START + timedelta(days=1))
+    pruned = sum(1 for r in early if r.created_at < START + timedelta(days=1))
+    assert (await summarize(session_factory, first_day, [])).totals["calls"] == pruned + 40
+
+
+async def test_a_cost_set_to_infinity_and_back_is_counted_again(session_factory: Factory) -> None:
+    records = [dataclasses.replace(r, cost_usd=0.25) for r in random_records(random.Random(6), 20, days=0.01)]
+    await insert_records(session_factory, records)
+    poisoned = str(records[0].id) if "postgres" in str(session_factory.kw["bind"].url) else records[0].id.hex
+    for cost in ("'Infinity'" if "postgres" in str(session_factory.kw["bind"].url) else "9e999", "0.5"):
+        async with session_factory() as session, session.begin():
+            await session.execute(
+                sa.text(f"UPDATE llm_calls SET cost_usd = {cost} WHERE id = :id"), {"id": poisoned}
+            )
+        await assert_aggregates_equal_raw(session_factory, UsageFilters(), ["action"])
+    totals = (await summarize(session_factory, UsageFilters(), [])).totals
+    assert totals["cost_usd"] == pytest.approx(19 * 0.25 + 0.5)
+
+
+async def test_prune_refuses_a_time_in_the_future(session_factory: Factory) -> None:
+    await insert_records(session_factory, random_records(random.Random(3), 5))
+    with pytest.raises(UsageQueryError, match="in the future"):
+        await prune(session_factory, datetime.now(UTC) + timedelta(days=2))
+    assert (await summarize(session_factory, UsageFilters(), [], exact=True)).totals["calls"] == 5
 
 
 async def test_a_bound_inside_a_pruned_hour_reads_that_whole_hour(session_factory: Factory) -> None:

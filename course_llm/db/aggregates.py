@@ -61,8 +61,10 @@ DIMENSIONS: tuple[str, ...] = (
     "error_class",
     "success",
 )
-#: Per group: attempts, successful attempts after the first (fallbacks), and the sums.
-SUM_COLUMNS: tuple[str, ...] = ("calls", "fallbacks", "tokens_in", "tokens_out", "cost_usd")
+#: Per group: attempts, successful attempts after the first (fallbacks), the sums, and how many
+#: costs were NaN or ±Infinity (kept out of `cost_usd`, so correcting or deleting such a row
+#: takes it away again: NaN - NaN would stay NaN).
+SUM_COLUMNS: tuple[str, ...] = ("calls", "fallbacks", "tokens_in", "tokens_out", "cost_usd", "cost_nonfinite")
 #: Per group: how many latencies fell in each histogram bucket.
 BUCKET_COLUMNS: tuple[str, ...] = tuple(f"b{index}" for index in range(BUCKETS))
 
@@ -85,8 +87,9 @@ def _table(name: str) -> sa.Table:
         sa.Column("fallbacks", sa.BigInteger(), nullable=False),
         sa.Column("tokens_in", sa.BigInteger(), nullable=False),
         sa.Column("tokens_out", sa.BigInteger(), nullable=False),
-        # NULL when a sum has no value (SQLite stores the NaN of Infinity - Infinity as NULL).
+        # Finite costs only; NULL if even their sum overflows (SQLite stores that NaN as NULL).
         sa.Column("cost_usd", sa.Double(), nullable=True),
+        sa.Column("cost_nonfinite", sa.BigInteger(), nullable=False),
         *(sa.Column(bucket, sa.Integer(), nullable=False) for bucket in BUCKET_COLUMNS),
     ]
     return sa.Table(name, Base.metadata, *columns, sa.PrimaryKeyConstraint("period", "group_key"))
@@ -138,6 +141,16 @@ _TARGET = ["period", "group_key", *DIMENSIONS, *SUM_COLUMNS, *BUCKET_COLUMNS]
 _KEPT_BEFORE = f"(SELECT pruned_before FROM {PRUNED.name} WHERE id = 1)"
 
 
+def _finite(cost: str) -> str:
+    """`cost` when it is a finite number, else 0 (x - x = 0 fails for NaN, ±Infinity and NULL)."""
+    return f"CASE WHEN {cost} - {cost} = 0 THEN {cost} ELSE 0.0 END"
+
+
+def _nonfinite(cost: str) -> str:
+    """Whether `cost` is NaN or ±Infinity (SQLite turns Infinity - Infinity into NULL)."""
+    return f"{cost} IS NOT NULL AND NOT coalesce({cost} - {cost} = 0, false)"
+
+
 def _grouped_insert(table: str, source: str, grain: Grain, dialect: str, *, sign: int = 1) -> str:
     """Add (sign 1) or take away (-1) the groups of the rows in `source`: by bucket, then by group."""
     dims = ", ".join(DIMENSIONS)
@@ -147,14 +160,16 @@ def _grouped_insert(table: str, source: str, grain: Grain, dialect: str, *, sign
         f" {bucket_sql('latency_ms')} AS bucket, count(*) AS n,"
         " count(*) FILTER (WHERE success AND attempt > 1) AS fallbacks,"
         f" coalesce({tokens}(tokens_in), 0) AS tokens_in, coalesce({tokens}(tokens_out), 0) AS tokens_out,"
-        f" coalesce(sum(cost_usd), 0.0) AS cost_usd"
+        f" coalesce(sum({_finite('cost_usd')}), 0.0) AS cost_usd,"
+        f" count(*) FILTER (WHERE {_nonfinite('cost_usd')}) AS cost_nonfinite"
         f" FROM {source} GROUP BY period, {dims}, bucket"
     )
     buckets = ", ".join(
         f"{sign} * coalesce(sum(n) FILTER (WHERE bucket = {index}), 0)" for index in range(BUCKETS)
     )
     summed = [("sum", "n"), ("sum", "fallbacks"), (tokens, "tokens_in"), (tokens, "tokens_out")]
-    sums = ", ".join(f"{sign} * {function}({column})" for function, column in [*summed, ("sum", "cost_usd")])
+    summed += [("sum", "cost_usd"), ("sum", "cost_nonfinite")]
+    sums = ", ".join(f"{sign} * {function}({column})" for function, column in summed)
     return (
         f"INSERT INTO {table} ({', '.join(_TARGET)})"
         f" SELECT period, {_group_key('', dialect)}, {dims}, {sums}, {buckets}"
@@ -182,9 +197,12 @@ def postgresql_trigger_sql() -> list[str]:
             _grouped_insert(t.name, source, grain, "postgresql", sign=sign) for grain, t in _GRAINS
         )
 
+    # A delete takes rows away unless they are older than the prune cutoff; an update always
+    # takes the old version away (it was counted when inserted) and adds the new one.
     still_counted = f"(SELECT * FROM old_rows WHERE created_at >= coalesce({_KEPT_BEFORE}, '-infinity'))"
     body = (
-        f"IF TG_OP IN ('UPDATE', 'DELETE') THEN\n{counted(still_counted + ' AS old_counted', -1)};\nEND IF;\n"
+        f"IF TG_OP = 'DELETE' THEN\n{counted(still_counted + ' AS old_counted', -1)};\nEND IF;\n"
+        f"IF TG_OP = 'UPDATE' THEN\n{counted('old_rows', -1)};\nEND IF;\n"
         f"IF TG_OP IN ('INSERT', 'UPDATE') THEN\n{counted('new_rows', 1)};\nEND IF;\n"
     )
     transition = {
@@ -209,7 +227,8 @@ def _sqlite_upsert(row: str, sign: int) -> list[str]:
     buckets = ", ".join(f"{sign} * (bucket IS {index})" for index in range(BUCKETS))
     sums = (
         f"{sign}, {sign} * ({row}.success AND {row}.attempt > 1), {sign} * coalesce({row}.tokens_in, 0),"
-        f" {sign} * coalesce({row}.tokens_out, 0), {sign} * coalesce({row}.cost_usd, 0.0)"
+        f" {sign} * coalesce({row}.tokens_out, 0), {sign} * ({_finite(f'{row}.cost_usd')}),"
+        f" {sign} * ({_nonfinite(f'{row}.cost_usd')})"
     )
     # `WHERE true`: SQLite needs it to parse ON CONFLICT after INSERT … SELECT ("upsert" docs).
     return [

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from course_llm.db.aggregates import PRUNED
 from course_llm.db.filtering import COLUMNS, TABLE, TimeBound
 from course_llm.db.session import SessionFactory
+from course_llm.errors import UsageQueryError
 
 __all__ = ["PruneResult", "prune", "prune_cutoff"]
 
@@ -53,7 +54,15 @@ async def _keep_counted_before(session_factory: SessionFactory, cutoff: datetime
 
 
 async def prune(session_factory: SessionFactory, before: datetime, batch: int = BATCH) -> PruneResult:
-    """Delete every llm_calls row created before `prune_cutoff(before)`, `batch` rows at a time."""
+    """Delete every llm_calls row created before `prune_cutoff(before)`, `batch` rows at a time.
+
+    `before` in the future is a `UsageQueryError`: it would delete today's rows, and the cutoff,
+    which only ever moves forward, would then keep every later deletion counted.
+    """
+    if before > datetime.now(UTC):
+        raise UsageQueryError(
+            "before", f"{before.isoformat()} is in the future; give a time in the past (90d)"
+        )
     cutoff = sa.bindparam("cutoff", prune_cutoff(before), TimeBound())
     oldest = (
         sa.select(COLUMNS.id)

@@ -146,7 +146,10 @@ def _aggregate_select(part: Part, names: list[str], filters: UsageFilters, diale
             int_sum(columns.tokens_in, dialect).label("tokens_in"),
             int_sum(columns.tokens_out, dialect).label("tokens_out"),
             sa.func.sum(columns.cost_usd).label("cost_usd"),
-            sa.func.max(sa.case((columns.cost_usd.is_(None), 1), else_=0)).label("cost_unknown"),
+            # A NaN or ±Infinity cost makes the raw SUM non-finite: no value, as there.
+            sa.func.max(
+                sa.case((sa.or_(columns.cost_usd.is_(None), columns.cost_nonfinite != 0), 1), else_=0)
+            ).label("cost_unknown"),
             *(int_sum(columns[bucket], dialect).label(bucket) for bucket in BUCKET_COLUMNS),
         )
         .where(*conditions(bounded, columns=columns, time_column="period"))
@@ -249,16 +252,27 @@ async def count_rows(session: AsyncSession, filters: UsageFilters) -> int:
     """How many llm_calls rows match `filters`: from the aggregates when they can say, else counted.
 
     A `total` over millions of rows is a scan of every match; the aggregates answer at the cost of
-    a summary. Pruned rows are still in the aggregates but no longer in the table, so the count
-    starts at the prune cutoff.
+    a summary. Pruned rows are still in the aggregates but no longer in the table, so the
+    aggregates count from the prune cutoff on, and the rows stored before it (none, unless some
+    arrived after the prune) are counted one by one.
     """
-    if servable(filters, []) and await aggregates_exist(session):
-        cutoff = await pruned_before(session)
-        if cutoff is not None:
-            filters = dataclasses.replace(filters, since=max(filters.since or cutoff, cutoff))
-            if filters.until is not None and filters.until <= cutoff:
-                return 0
+    if not (servable(filters, []) and await aggregates_exist(session)):
+        return await _counted(session, filters)
+    cutoff = await pruned_before(session)
+    if cutoff is None:
         _, totals = await summarize_rollup(session, filters, [])
         return int(totals["calls"])
+    total = 0
+    if filters.since is None or filters.since < cutoff:
+        until = cutoff if filters.until is None else min(filters.until, cutoff)
+        total += await _counted(session, dataclasses.replace(filters, until=until))
+    if filters.until is None or filters.until > cutoff:
+        since = cutoff if filters.since is None else max(filters.since, cutoff)
+        _, totals = await summarize_rollup(session, dataclasses.replace(filters, since=since), [])
+        total += int(totals["calls"])
+    return total
+
+
+async def _counted(session: AsyncSession, filters: UsageFilters) -> int:
     statement = sa.select(sa.func.count()).select_from(TABLE).where(*conditions(filters))
     return int(await session.scalar(statement) or 0)

@@ -8,14 +8,17 @@ or 2 ms of the exact one (the contract in docs/architecture.md, "Usage aggregate
   2 ms off;
 - buckets 10-110 grow by `RATIO` (1.1) from 40 ms, [40·1.1^(k-10), 40·1.1^(k-9)): a value read as
   the bucket's geometric middle is off by at most √1.1 - 1 = 4.9 %;
-- bucket 111 holds everything from `TOP_MS` (about 10 minutes) up, read as `TOP_MS`. So are NaN
-  and +Infinity a plain SQL row may hold; negative latencies count in bucket 0.
+- bucket 111 holds everything from `TOP_MS` (606,347 ms, about 10 minutes) up, read as
+  `TOP_MS`. So are NaN and +Infinity a plain SQL row may hold; negative latencies (plain SQL
+  too) count in bucket 0, read as 2 ms. Outside [0, TOP_MS) there is no error bound.
 
 The databases compute a latency's bucket with `bucket_sql` (the same comparisons in PostgreSQL
 and SQLite); `bucket_of` is its Python twin.
 A continuous percentile (PostgreSQL's `percentile_cont`) interpolates between the two values
 around its position; `percentile` does the same between those values' bucket estimates, so its
-error stays within each estimate's bound.
+error is the interpolation of their errors: within each one's bound when both lie on the same
+side of 40 ms, and at most 2 ms + 4.9 % in the rare case of two neighbouring values on either
+side of it (a percentile halfway between 0 and 1,000 ms, with no latency in between).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ LOG_START_MS = LINEAR_STEP_MS * LINEAR_BUCKETS
 #: Each logarithmic bucket's upper bound is its lower bound times this.
 RATIO = 1.1
 LOG_BUCKETS = 101
-#: The last bucket's lower bound: LOG_START_MS · RATIO^LOG_BUCKETS ≈ 607,780 ms.
+#: The last bucket's lower bound: LOG_START_MS · RATIO^LOG_BUCKETS ≈ 606,347 ms.
 TOP_MS = LOG_START_MS * RATIO**LOG_BUCKETS
 BUCKETS = LINEAR_BUCKETS + LOG_BUCKETS + 1
 #: BOUNDS[i - 1] is bucket i's lower bound (bucket 0 has none): a latency's bucket is how many
