@@ -7,7 +7,10 @@ JSON column), with the id as a string and `created_at` as an ISO 8601 UTC string
 Every value reaches the database as a bound parameter; only column names and the fixed expressions
 below are SQL text.
 
-Summary figures, per group and in total:
+Summaries read the hourly and daily aggregates when they can (`course_llm.db.rollup`: exact
+counts, tokens and cost, histogram percentiles); what follows is the raw path, which
+`summarize(..., exact=True)`, a `request_id` filter and an `end_user` group take. Its figures,
+per group and in total:
 - `error_rate` = failures / calls;
 - `fallback_rate` = the share of requests whose successful attempt was not the first: successful rows
   with `attempt > 1` / successful rows (each request has at most one successful attempt), 0 when
