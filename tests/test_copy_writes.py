@@ -168,14 +168,19 @@ async def test_a_postgresql_write_goes_through_the_staging_table(postgres_databa
     assert staging is not None
 
 
-async def _terminate_when_copying(url: str) -> int:
-    """Wait until a COPY into the staging table runs, then kill its backend; return its pid."""
+async def _terminate_when_copying(url: str, backend: int) -> int:
+    """Wait until `backend` runs a COPY into the staging table, then kill it; return its pid.
+
+    Only that backend: another connection to the shared test database (a writer an earlier test
+    left draining) may be copying too, and killing it instead let this test's COPY succeed.
+    """
     connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
         while True:
             pid = await connection.fetchval(
                 "SELECT pid FROM pg_stat_activity WHERE state = 'active' "
-                "AND query LIKE 'COPY %course_llm_calls_staging%' AND pid <> pg_backend_pid()"
+                "AND query LIKE 'COPY %course_llm_calls_staging%' AND pid = $1",
+                backend,
             )
             if pid is not None:
                 await connection.execute("SELECT pg_terminate_backend($1)", pid)
@@ -194,8 +199,10 @@ async def test_a_connection_lost_during_the_copy_is_a_transient_error_and_the_po
     batch = [
         record(request_id=request_id, attempt=n % 30_000, error_message="e" * 200) for n in range(300_000)
     ]
+    async with factory() as session:  # the pool's one connection, which the write will use
+        backend = int(await session.scalar(sa.text("SELECT pg_backend_pid()")))
     try:
-        killer = asyncio.create_task(_terminate_when_copying(postgres_database_url))
+        killer = asyncio.create_task(_terminate_when_copying(postgres_database_url, backend))
         with pytest.raises(Exception) as caught:  # any class: how it is classified is the point
             await asyncio.wait_for(insert_records(factory, batch), 15)
         assert not isinstance(caught.value, TimeoutError), "the write hung once its connection was gone"
