@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
+#: Seconds an idle client connection stays open (uvicorn's default is 5).
+KEEP_ALIVE_S = 65
+
 
 class ServeError(CourseLLMError):
     """The proxy cannot start as asked (no key on a public host, port taken, …)."""
@@ -289,8 +292,16 @@ def run(plan: ServePlan) -> None:
     import uvicorn
 
     app = build_app(plan)
+    # Keep-alive beyond the clients' own idle expiry (httpx and so openai: 5 s, load balancers:
+    # 60 s): at uvicorn's default 5 s the server could close a connection just as a client reused
+    # it, and that request failed with a ReadError (seen once in the outage test under load).
     config = uvicorn.Config(
-        app, host=plan.host, port=plan.port, log_level="warning", timeout_graceful_shutdown=30
+        app,
+        host=plan.host,
+        port=plan.port,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
     runtime = plan.config_path.parent
 
