@@ -226,8 +226,9 @@ async def test_rows_older_than_the_cutoff_that_arrive_later_are_counted_updated_
 async def test_a_cost_set_to_infinity_and_back_is_counted_again(session_factory: Factory) -> None:
     records = [dataclasses.replace(r, cost_usd=0.25) for r in random_records(random.Random(6), 20, days=0.01)]
     await insert_records(session_factory, records)
-    poisoned = str(records[0].id) if "postgres" in str(session_factory.kw["bind"].url) else records[0].id.hex
-    for cost in ("'Infinity'" if "postgres" in str(session_factory.kw["bind"].url) else "9e999", "0.5"):
+    postgresql = session_factory.kw["bind"].dialect.name == "postgresql"
+    poisoned = str(records[0].id) if postgresql else records[0].id.hex
+    for cost in ("'Infinity'" if postgresql else "9e999", "0.5"):
         async with session_factory() as session, session.begin():
             await session.execute(
                 sa.text(f"UPDATE llm_calls SET cost_usd = {cost} WHERE id = :id"), {"id": poisoned}

@@ -63,16 +63,16 @@ async def prune(session_factory: SessionFactory, before: datetime, batch: int = 
         raise UsageQueryError(
             "before", f"{before.isoformat()} is in the future; give a time in the past (90d)"
         )
-    cutoff = sa.bindparam("cutoff", prune_cutoff(before), TimeBound())
+    cutoff = prune_cutoff(before)
     oldest = (
         sa.select(COLUMNS.id)
-        .where(COLUMNS.created_at < cutoff)
+        .where(COLUMNS.created_at < sa.bindparam("cutoff", cutoff, TimeBound()))
         .order_by(COLUMNS.created_at)
         .limit(batch)
         .scalar_subquery()
     )
     statement = sa.delete(TABLE).where(COLUMNS.id.in_(oldest))
-    await _keep_counted_before(session_factory, prune_cutoff(before))
+    await _keep_counted_before(session_factory, cutoff)
     deleted = 0
     while True:
         async with session_factory() as session, session.begin():
@@ -80,4 +80,4 @@ async def prune(session_factory: SessionFactory, before: datetime, batch: int = 
         count = max(result.rowcount or 0, 0)  # type: ignore[attr-defined]
         deleted += count
         if count < batch:
-            return PruneResult(prune_cutoff(before), deleted)
+            return PruneResult(cutoff, deleted)

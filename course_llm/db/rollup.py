@@ -225,14 +225,18 @@ async def summarize_rollup(
     session: AsyncSession, filters: UsageFilters, names: list[str]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Group rows (keys, sums, p50/p95) and totals, as `db.usage`'s raw summaries return them."""
+    return await _rolled_up(session, filters, names, await pruned_before(session))
+
+
+async def _rolled_up(
+    session: AsyncSession, filters: UsageFilters, names: list[str], cutoff: datetime | None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """`summarize_rollup` with the prune cutoff already read."""
     dialect = session.get_bind().dialect.name
     groups: dict[Key, dict[str, Any]] = {}
     totals: dict[str, Any] = {}
     parts = plan(filters.since, filters.until, by_hour="hour" in names)
-    if any(part.source == "raw" for part in parts):
-        cutoff = await pruned_before(session)
-        parts = [_whole_hours_if_pruned(part, cutoff) for part in parts]
-    for part in parts:
+    for part in (_whole_hours_if_pruned(part, cutoff) for part in parts):
         if part.source == "raw":
             statement = _raw_select(part, names, filters, dialect)
         else:
@@ -260,7 +264,7 @@ async def count_rows(session: AsyncSession, filters: UsageFilters) -> int:
         return await _counted(session, filters)
     cutoff = await pruned_before(session)
     if cutoff is None:
-        _, totals = await summarize_rollup(session, filters, [])
+        _, totals = await _rolled_up(session, filters, [], cutoff)
         return int(totals["calls"])
     total = 0
     if filters.since is None or filters.since < cutoff:
@@ -268,7 +272,7 @@ async def count_rows(session: AsyncSession, filters: UsageFilters) -> int:
         total += await _counted(session, dataclasses.replace(filters, until=until))
     if filters.until is None or filters.until > cutoff:
         since = cutoff if filters.since is None else max(filters.since, cutoff)
-        _, totals = await summarize_rollup(session, dataclasses.replace(filters, since=since), [])
+        _, totals = await _rolled_up(session, dataclasses.replace(filters, since=since), [], cutoff)
         total += int(totals["calls"])
     return total
 

@@ -344,15 +344,13 @@ async def summarize(
     names = list(group_by)
     async with session_factory() as session:
         filters = await resolve_filters(session, filters)
-        where = conditions(filters)
         dialect = session.get_bind().dialect.name
-        keys = [group_expression(name, dialect) for name in names]
         if not exact and servable(filters, names) and await aggregates_exist(session):
             rows, totals_row = await summarize_rollup(session, filters, names)
-        elif dialect == "postgresql":
-            rows, totals_row = await _summarize_postgresql(session, keys, where)
         else:
-            rows, totals_row = await _summarize_portable(session, keys, where)
+            keys = [group_expression(name, dialect) for name in names]
+            raw = _summarize_postgresql if dialect == "postgresql" else _summarize_portable
+            rows, totals_row = await raw(session, keys, conditions(filters))
     groups = (
         [{**{name: _key(name, row[name]) for name in names}, **_figures(row)} for row in rows]
         if names
