@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from course_llm.db import count_calls, create_session_factory, dispose_session_factory, fetch_request
+from course_llm.db import (
+    BatchWriter,
+    count_calls,
+    create_session_factory,
+    dispose_session_factory,
+    fetch_request,
+)
 from course_llm.db.errors import is_transient_db_error
 from course_llm.db.writes import insert_records, insert_rows
 from course_llm.recording.records import CallRecord, new_id
@@ -23,6 +31,20 @@ from course_llm.recording.rejects import LoudLog, Rejects
 from course_llm.recording.sink import DatabaseSink
 
 Factory = async_sessionmaker[AsyncSession]
+Write = Callable[[Sequence[CallRecord]], Awaitable[int]]
+
+
+@pytest.fixture(params=["session", "held"])
+async def write(request: pytest.FixtureRequest, session_factory: Factory) -> AsyncIterator[Write]:
+    """Both ways a batch is written: `insert_records` (a session per batch: COPY on PostgreSQL)
+    and the logging writer's `BatchWriter` (one held connection: unnest for a small batch, COPY
+    for a big one)."""
+    if request.param == "session":
+        yield lambda records: insert_records(session_factory, records)
+        return
+    batches = BatchWriter(session_factory)
+    yield batches.write
+    await batches.release()
 
 
 def record(**overrides: Any) -> CallRecord:
@@ -73,10 +95,10 @@ def varied_batch() -> list[CallRecord]:
     ]
 
 
-async def test_a_batch_reads_back_equal_field_by_field(session_factory: Factory) -> None:
+async def test_a_batch_reads_back_equal_field_by_field(session_factory: Factory, write: Write) -> None:
     batch = varied_batch()
 
-    assert await insert_records(session_factory, batch) == len(batch)
+    assert await write(batch) == len(batch)
 
     stored = {row.id: row.as_dict() for row in await fetch_request(session_factory, "req-copy")}
     assert set(stored) == {r.id for r in batch}
@@ -89,21 +111,25 @@ async def test_a_batch_reads_back_equal_field_by_field(session_factory: Factory)
         assert read == expected
 
 
-async def test_an_id_reads_back_as_the_same_uuid(session_factory: Factory) -> None:
+async def test_an_id_reads_back_as_the_same_uuid(session_factory: Factory, write: Write) -> None:
     row = record(id=uuid.UUID("01234567-89ab-7def-8123-456789abcdef"))
 
-    await insert_records(session_factory, [row])
+    await write([row])
 
     (stored,) = await fetch_request(session_factory, "req-copy")
     assert stored.id == row.id and isinstance(stored.id, uuid.UUID)
 
 
-async def test_the_same_batch_written_twice_is_inserted_once(session_factory: Factory) -> None:
-    batch = [record(attempt=n) for n in range(1, 2001)]
+@pytest.mark.parametrize("size", [3, 2000])  # the held connection's unnest and COPY paths
+async def test_the_same_batch_written_twice_is_inserted_once(
+    session_factory: Factory, write: Write, size: int
+) -> None:
+    batch = [record(attempt=n) for n in range(1, size + 1)]
 
-    assert await insert_records(session_factory, batch) == 2000
-    assert await insert_records(session_factory, batch) == 0
-    assert await count_calls(session_factory) == 2000
+    assert await write(batch) == size
+    assert await write(batch) == 0
+    assert await write([*batch[:2], record(attempt=0)]) == 1
+    assert await count_calls(session_factory) == size + 1
 
 
 async def test_two_batches_in_one_outer_transaction_count_only_their_own_new_rows(
@@ -117,8 +143,10 @@ async def test_two_batches_in_one_outer_transaction_count_only_their_own_new_row
     assert await count_calls(rollback_session_factory) == 3
 
 
-async def test_strings_longer_than_their_column_are_cut_to_its_length(session_factory: Factory) -> None:
-    await insert_records(session_factory, [record(tenant_id="t" * 500, end_user="ü" * 300)])
+async def test_strings_longer_than_their_column_are_cut_to_its_length(
+    session_factory: Factory, write: Write
+) -> None:
+    await write([record(tenant_id="t" * 500, end_user="ü" * 300)])
 
     (stored,) = await fetch_request(session_factory, "req-copy")
     assert stored.tenant_id == "t" * 128
@@ -136,6 +164,7 @@ async def test_a_row_the_database_refuses_is_set_aside_and_the_rest_of_the_batch
     batch = [record(attempt=1), bad, record(attempt=3)]
 
     assert await sink.write(batch) is True
+    await sink.release()
 
     assert await count_calls(session_factory) == 2
     assert sink.down_since is None
@@ -143,9 +172,9 @@ async def test_a_row_the_database_refuses_is_set_aside_and_the_rest_of_the_batch
     assert str(bad.id) in refused and refused.count("\n") == 1
 
 
-async def test_a_naive_created_at_is_refused_as_a_row_error(session_factory: Factory) -> None:
+async def test_a_naive_created_at_is_refused_as_a_row_error(session_factory: Factory, write: Write) -> None:
     with pytest.raises(sa.exc.StatementError, match="naive datetime") as caught:
-        await insert_records(session_factory, [record(created_at=datetime(2025, 1, 1))])
+        await write([record(created_at=datetime(2025, 1, 1))])
 
     assert not is_transient_db_error(caught.value)
     assert await count_calls(session_factory) == 0
@@ -168,15 +197,21 @@ async def test_a_postgresql_write_goes_through_the_staging_table(postgres_databa
     assert staging is not None
 
 
-async def _terminate_when_copying(url: str, backend: int) -> int:
-    """Wait until `backend` runs a COPY into the staging table, then kill it; return its pid.
+def _terminate_when_copying(url: str, backend: int, stop: threading.Event) -> int | None:
+    """In a thread of its own: wait until `backend` runs a COPY into the staging table, then kill
+    it; return its pid (None when told to stop first).
 
-    Only that backend: another connection to the shared test database (a writer an earlier test
-    left draining) may be copying too, and killing it instead let this test's COPY succeed.
+    Its own thread and event loop, because the write being watched may stream its whole COPY
+    without yielding to the test's loop. Only that backend: another connection to the shared test
+    database may be copying too, and killing it instead let this test's COPY succeed.
     """
+    return asyncio.run(_terminate_in_loop(url, backend, stop))
+
+
+async def _terminate_in_loop(url: str, backend: int, stop: threading.Event) -> int | None:
     connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
-        while True:
+        while not stop.is_set():
             pid = await connection.fetchval(
                 "SELECT pid FROM pg_stat_activity WHERE state = 'active' "
                 "AND query LIKE 'COPY %course_llm_calls_staging%' AND pid = $1",
@@ -185,7 +220,8 @@ async def _terminate_when_copying(url: str, backend: int) -> int:
             if pid is not None:
                 await connection.execute("SELECT pg_terminate_backend($1)", pid)
                 return int(pid)
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.002)
+        return None
     finally:
         await connection.close()
 
@@ -201,21 +237,23 @@ async def test_a_connection_lost_during_the_copy_is_a_transient_error_and_the_po
     ]
     async with factory() as session:  # the pool's one connection, which the write will use
         backend = int(await session.scalar(sa.text("SELECT pg_backend_pid()")))
+    stop = threading.Event()
+    killer = asyncio.ensure_future(
+        asyncio.to_thread(_terminate_when_copying, postgres_database_url, backend, stop)
+    )
     try:
-        killer = asyncio.create_task(_terminate_when_copying(postgres_database_url, backend))
         with pytest.raises(Exception) as caught:  # any class: how it is classified is the point
             await asyncio.wait_for(insert_records(factory, batch), 15)
         assert not isinstance(caught.value, TimeoutError), "the write hung once its connection was gone"
-        await asyncio.wait_for(killer, 30)
+        assert await asyncio.wait_for(killer, 30) == backend
 
         assert is_transient_db_error(caught.value), repr(caught.value)
         # The dead connection was invalidated, not handed out again: the next write succeeds.
         assert await insert_records(factory, batch[:10]) == 10
     finally:
-        if not killer.done():
-            killer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await killer
+        stop.set()
+        with contextlib.suppress(Exception):
+            await killer
         async with factory() as session, session.begin():
             await session.execute(sa.text("DELETE FROM llm_calls WHERE request_id = :r"), {"r": request_id})
         await dispose_session_factory(factory)

@@ -122,6 +122,7 @@ async def test_the_checkpoint_moves_chunk_by_chunk_and_a_cut_replay_resumes_ther
 
     second = replay_of(prefix, chunk_rows=10)
     await second.run(sink.write)
+    await sink.release()
     assert second.rows_replayed == 25 and not second.pending
     assert await count_calls(session_factory) == 45
     assert not path.exists()
@@ -134,7 +135,9 @@ async def test_a_damaged_line_inside_a_chunk_is_set_aside_and_its_neighbours_wri
     path = prefix.with_name(prefix.name + ".killed.journal")
     path.write_bytes(encode(row(1)) + b'{"request_id": "broken\n' + encode(row(2)) + encode(row(3)))
     replay = replay_of(prefix, chunk_rows=2)
-    await replay.run(sink_for(session_factory, prefix).write)
+    sink = sink_for(session_factory, prefix)
+    await replay.run(sink.write)
+    await sink.release()
     assert replay.rows_replayed == 3
     assert await count_calls(session_factory) == 3
     assert "broken" in prefix.with_name(prefix.name + ".rejected.jsonl").read_text()

@@ -264,16 +264,16 @@ async def test_rows_submitted_from_another_thread_are_written(session_factory: A
 async def test_a_row_the_database_refuses_is_set_aside_and_the_batch_survives(
     session_factory: Any, spool: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import course_llm.db
+    from course_llm.db import BatchWriter
 
-    original = course_llm.db.insert_records
+    original = BatchWriter.write
 
-    async def refuse_bad_rows(factory: Any, records: Any) -> int:
+    async def refuse_bad_rows(self: BatchWriter, records: Any) -> int:
         if any(r.request_id == "bad" for r in records):  # what a constraint violation looks like
             raise ValueError("value out of range for the column")
-        return await original(factory, records)
+        return await original(self, records)
 
-    monkeypatch.setattr(course_llm.db, "insert_records", refuse_bad_rows)
+    monkeypatch.setattr(BatchWriter, "write", refuse_bad_rows)
     writer = RecordWriter(session_factory, spool_path=spool)
     for i in range(4):
         writer.submit(row(i))
@@ -292,23 +292,21 @@ async def test_a_connection_lost_while_writing_one_by_one_rejects_nothing(
 ) -> None:
     proxy, factory = pg_through_proxy
     writer = RecordWriter(factory, spool_path=spool, retry_attempts=1, probe_interval_s=0.05)
-    from course_llm.db import insert_records
+    from course_llm.db import BatchWriter
 
     calls = 0
+    original = BatchWriter.write
 
-    async def flaky(session_factory: Any, records: Any) -> int:
+    async def flaky(self: BatchWriter, records: Any) -> int:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise ValueError("a bad row in the batch")  # not transient: one by one
         if calls == 3:
             await proxy.down()  # the database goes away half way through the one-by-one writes
-        return await insert_records(session_factory, records)
+        return await original(self, records)
 
-    import course_llm.db
-
-    original = course_llm.db.insert_records
-    course_llm.db.insert_records = flaky  # type: ignore[assignment]
+    BatchWriter.write = flaky  # type: ignore[method-assign]
     try:
         for i in range(5):
             writer.submit(row(i))
@@ -316,7 +314,7 @@ async def test_a_connection_lost_while_writing_one_by_one_rejects_nothing(
         assert writer.rows_rejected == 0
         assert not writer.database_available
     finally:
-        course_llm.db.insert_records = original  # type: ignore[assignment]
+        BatchWriter.write = original  # type: ignore[method-assign]
     await proxy.up()
     await wait_until(lambda: writer.database_available and not journal_rows(spool))
     await writer.aclose()

@@ -6,11 +6,13 @@ course_llm passes an `async_sessionmaker` around and hands `CallRecord`s to `ins
     models   LLMCall, the table definition (mirrors records.CallRecord)
     session  create_session_factory, Database: URL → engine → sessions (SQLite tuned for concurrency)
     writes   insert_records (idempotent batch INSERT), count_calls, fetch_request
+    held     BatchWriter: the logging writer's batches on one connection kept between them
     migrate  upgrade_database: Alembic, from a checkout or from the installed wheel
     errors   is_transient_db_error, is_database_error: "the database is away" vs "these rows are bad"
 """
 
 from course_llm.db.errors import is_database_error, is_transient_db_error
+from course_llm.db.held import BatchWriter
 from course_llm.db.migrate import (
     MigrationsNotFoundError,
     alembic_config,
@@ -32,6 +34,7 @@ from course_llm.db.writes import count_calls, fetch_request, insert_records
 
 __all__ = [
     "Base",
+    "BatchWriter",
     "Database",
     "LLMCall",
     "MigrationsNotFoundError",

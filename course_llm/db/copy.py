@@ -19,6 +19,12 @@ The COPY bypasses SQLAlchemy, so its errors are translated here into the ones SQ
 (`DBAPIError` with the SQLSTATE; `StatementError` for a value refused before sending), and a
 connection lost during the COPY is invalidated and reported like any other disconnect: the
 callers (course_llm/db/errors.py, the writer's sink) cannot tell the two paths apart.
+
+A small batch (the writer's usual 50 ms of traffic: a few rows) skips the staging table: one
+prepared `INSERT … SELECT … FROM unnest($1::uuid[], …)` sends each column as one binary array, in
+one round trip and one statement (so the aggregate triggers fire once), for about a fifth of the
+CPU of the COPY's four statements. `write_rows` picks the path; course_llm/db/held.py calls it on
+the connection it keeps between batches.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from course_llm.db.models import LLMCall
 from course_llm.recording.records import CallRecord
 
-__all__ = ["copy_records"]
+__all__ = ["UNNEST_MAX_ROWS", "copy_records", "staged_rows", "statement_for", "translated", "write_rows"]
 
 _TABLE: sa.Table = LLMCall.__table__  # type: ignore[assignment]  # declared as FromClause; it is a Table
 _STAGING = "course_llm_calls_staging"
@@ -79,12 +85,29 @@ _CREATE_STAGING = (
     + ") ON COMMIT DELETE ROWS"
 )
 _COPY_STATEMENT = f"COPY {_STAGING} ({_QUOTED}) FROM STDIN (FORMAT binary)"
+_TARGETS = ", ".join(_target_expression(c) for c in _COLUMNS)
 _MOVE_STAGED = (
     f"WITH staged AS (DELETE FROM {_STAGING} RETURNING *) "
     f"INSERT INTO {_TABLE.name} ({_QUOTED}) "
-    f"SELECT {', '.join(_target_expression(c) for c in _COLUMNS)} FROM staged "
-    "ON CONFLICT (id) DO NOTHING"
+    f"SELECT {_TARGETS} FROM staged ON CONFLICT (id) DO NOTHING"
 )
+_UNNEST_INSERT = (
+    f"INSERT INTO {_TABLE.name} ({_QUOTED}) SELECT {_TARGETS} FROM unnest("
+    + ", ".join(f"${n}::{_staging_type(c)}[]" for n, c in enumerate(_COLUMNS, start=1))
+    + f") AS staged ({_QUOTED}) ON CONFLICT (id) DO NOTHING"
+)
+#: Up to this many rows a batch goes by `_UNNEST_INSERT`; a bigger one (a replay, a burst) by COPY,
+#: which costs less per row (measured: unnest 38 µs/row at 500 rows, COPY 20 µs/row).
+UNNEST_MAX_ROWS = 100
+
+
+def staged_rows(records: Sequence[CallRecord]) -> list[tuple[Any, ...]]:
+    """`records` as the tuples both paths send; a value refused before sending is a row error
+    (`StatementError`), as SQLAlchemy would raise it."""
+    try:
+        return _tuples(records)
+    except (TypeError, ValueError) as exc:
+        raise sa_exc.StatementError(str(exc), _COPY_STATEMENT, None, exc) from exc
 
 
 def _tuples(records: Sequence[CallRecord]) -> list[tuple[Any, ...]]:
@@ -108,8 +131,11 @@ def _json_text(value: Any) -> str:
         return _to_json(value)
 
 
-async def _translated(connection: AsyncConnection, error: Exception) -> Exception:
-    """`error` from asyncpg's COPY as SQLAlchemy would have raised it from an `execute`."""
+async def translated(
+    connection: AsyncConnection, error: Exception, statement: str = _COPY_STATEMENT
+) -> Exception:
+    """`error` from asyncpg (raised on `connection`'s driver) as SQLAlchemy would have raised it
+    from an `execute` of `statement`; a lost connection is invalidated."""
     raw = await connection.get_raw_connection()
     dialect = connection.dialect
     adapted: Any = raw.dbapi_connection
@@ -121,12 +147,12 @@ async def _translated(connection: AsyncConnection, error: Exception) -> Exceptio
         except Exception as dbapi_error:  # it always raises
             error = dbapi_error
     if not isinstance(error, dialect.loaded_dbapi.Error):
-        return sa_exc.StatementError(str(error), _COPY_STATEMENT, None, error)
+        return sa_exc.StatementError(str(error), statement, None, error)
     lost = dialect.is_disconnect(error, adapted, None)
     if lost:
         await connection.invalidate(error)
     wrapped = sa_exc.DBAPIError.instance(
-        _COPY_STATEMENT, None, error, dialect.loaded_dbapi.Error, connection_invalidated=lost, dialect=dialect
+        statement, None, error, dialect.loaded_dbapi.Error, connection_invalidated=lost, dialect=dialect
     )
     return wrapped
 
@@ -134,10 +160,7 @@ async def _translated(connection: AsyncConnection, error: Exception) -> Exceptio
 async def copy_records(connection: AsyncConnection, records: Sequence[CallRecord]) -> int:
     """Write `records` through the staging table inside `connection`'s transaction; return how
     many were new (ids already in llm_calls are skipped)."""
-    try:
-        rows = _tuples(records)
-    except (TypeError, ValueError) as exc:
-        raise sa_exc.StatementError(str(exc), _COPY_STATEMENT, None, exc) from exc
+    rows = staged_rows(records)
     # Through SQLAlchemy, so its adapter opens the transaction the COPY then runs in.
     await connection.exec_driver_sql(_CREATE_STAGING)
     raw = await connection.get_raw_connection()
@@ -145,6 +168,27 @@ async def copy_records(connection: AsyncConnection, records: Sequence[CallRecord
     try:
         await driver.copy_records_to_table(_STAGING, records=rows, columns=_NAMES)
     except Exception as exc:
-        raise await _translated(connection, exc) from exc
+        raise await translated(connection, exc) from exc
     result = await connection.exec_driver_sql(_MOVE_STAGED)
     return int(result.rowcount)
+
+
+def statement_for(rows: int) -> str:
+    """The statement `write_rows` sends for a batch of `rows` rows (named in its errors)."""
+    return _UNNEST_INSERT if rows <= UNNEST_MAX_ROWS else _COPY_STATEMENT
+
+
+async def write_rows(driver: Any, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Write staged `rows` on a bare asyncpg connection outside any transaction; return how many
+    were new. asyncpg's own errors propagate (see `translated`)."""
+    if len(rows) <= UNNEST_MAX_ROWS:
+        return _inserted(await driver.execute(_UNNEST_INSERT, *zip(*rows, strict=True)))
+    async with driver.transaction():
+        await driver.execute(_CREATE_STAGING)
+        await driver.copy_records_to_table(_STAGING, records=rows, columns=_NAMES)
+        return _inserted(await driver.execute(_MOVE_STAGED))
+
+
+def _inserted(status: str) -> int:
+    """The row count of an `INSERT 0 <n>` command tag."""
+    return int(status.rsplit(" ", 1)[-1])

@@ -22,7 +22,7 @@ from course_llm.recording.records import CallRecord
 from course_llm.recording.rejects import Rejects
 
 if TYPE_CHECKING:
-    from course_llm.db import SessionFactory
+    from course_llm.db import BatchWriter, SessionFactory
 
 log = structlog.get_logger()
 
@@ -41,6 +41,7 @@ class DatabaseSink:
         where: str,
     ) -> None:
         self._session_factory = session_factory
+        self._batches: BatchWriter | None = None
         self._connect = connect
         self._rejects = rejects
         self._write_timeout_s = write_timeout_s
@@ -51,20 +52,29 @@ class DatabaseSink:
         self.rows_written = 0
         self.write_failures = 0
 
-    async def _session(self) -> SessionFactory | None:
+    def _batch_writer(self) -> BatchWriter | None:
+        from course_llm.db import BatchWriter
+
         if self._session_factory is None and self._connect is not None:
             try:
                 self._session_factory = self._connect()
             except Exception as exc:
                 self._down(exc)
-        return self._session_factory
+        if self._batches is None and self._session_factory is not None:
+            self._batches = BatchWriter(self._session_factory)
+        return self._batches
+
+    async def release(self) -> None:
+        """Give back the connection kept between batches (the writer's task is stopping)."""
+        if self._batches is not None:
+            await self._batches.release()
 
     async def write(self, batch: Sequence[CallRecord]) -> bool:
         """Insert `batch`; False when the database is down (the rows were not all written)."""
-        from course_llm.db import insert_records, is_transient_db_error
+        from course_llm.db import is_transient_db_error
 
-        factory = await self._session()
-        if factory is None:
+        batches = self._batch_writer()
+        if batches is None:
             self._down(RuntimeError("no database to write to"))
             return False
         self.busy = True
@@ -76,13 +86,13 @@ class DatabaseSink:
                 reraise=True,
             ):
                 with attempt:
-                    await asyncio.wait_for(insert_records(factory, batch), self._write_timeout_s)
+                    await asyncio.wait_for(batches.write(batch), self._write_timeout_s)
         except Exception as exc:
             self.write_failures += 1
             if is_transient_db_error(exc):
                 self._down(exc, rows=len(batch))
                 return False
-            return await self._write_one_by_one(factory, batch, exc)
+            return await self._write_one_by_one(batches, batch, exc)
         finally:
             self.busy = False
         self.rows_written += len(batch)
@@ -90,18 +100,18 @@ class DatabaseSink:
         return True
 
     async def _write_one_by_one(
-        self, factory: SessionFactory, batch: Sequence[CallRecord], error: Exception
+        self, batches: BatchWriter, batch: Sequence[CallRecord], error: Exception
     ) -> bool:
         """A batch the database refused: keep the good rows, set the bad ones aside with the reason.
 
         A connection lost half way means the database, not the rows: stop, and let the batch be
         written again from the journal (inserts are idempotent)."""
-        from course_llm.db import insert_records, is_transient_db_error
+        from course_llm.db import is_transient_db_error
 
         log.error("llm_calls_batch_rejected", error=repr(error)[:500], rows=len(batch))
         for record in batch:
             try:
-                await asyncio.wait_for(insert_records(factory, [record]), self._write_timeout_s)
+                await asyncio.wait_for(batches.write([record]), self._write_timeout_s)
                 self.rows_written += 1
             except Exception as exc:
                 if is_transient_db_error(exc):

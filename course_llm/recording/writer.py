@@ -238,6 +238,12 @@ class RecordWriter:
     # -- the task ------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        try:
+            await self._serve()
+        finally:  # stopped for good, idle, or cancelled with its loop
+            await self._sink.release()
+
+    async def _serve(self) -> None:
         assert self._wake is not None
         self._check_journal()
         if self._prepare is not None:
@@ -329,6 +335,7 @@ class RecordWriter:
                 self._wake.set()
             if self._task is None or self._task.done():
                 await self._drain()  # no task on this loop (e.g. rows submitted from a thread)
+                await self._sink.release()
                 return
             await asyncio.sleep(0.002)
 
