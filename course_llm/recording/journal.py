@@ -22,10 +22,16 @@ import errno
 import fcntl
 import os
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger()
 
 _SUFFIX = ".journal"
 _CHECKPOINT = ".ckpt"
@@ -275,3 +281,48 @@ def iter_segment_lines(path: Path) -> Iterator[bytes]:
 def pending_files(prefix: Path) -> list[Path]:
     """Journal files under `prefix` (live or orphaned) — for status reports and tests."""
     return _segments(prefix)
+
+
+#: Below this much free space the journal counts as full (a row is well under 64 KiB).
+MIN_FREE_BYTES = 1 << 20
+
+
+class JournalHealth:
+    """Whether a writer's journal takes rows right now; the writer reports itself degraded if not.
+
+    `report` is a rate-limited error log (a failing disk must be loud without flooding the log)."""
+
+    def __init__(
+        self, journal: Journal, report: Callable[..., Any], *, min_free: int = MIN_FREE_BYTES
+    ) -> None:
+        self._journal = journal
+        self._report = report
+        self._min_free = min_free
+        self.error: str | None = None  # why the last append or check failed, until one succeeds
+        self.failures = 0
+        self.checked_at = 0.0
+
+    def check(self) -> None:
+        """Find an unwritable journal before the first row, and notice when it is writable again."""
+        self.checked_at = time.monotonic()
+        try:
+            self._journal.check(self._min_free)
+        except OSError as exc:
+            self.failed(exc)
+            return
+        self.ok()
+
+    def ok(self) -> None:
+        if self.error is not None:
+            log.warning("llm_calls_journal_recovered", journal=str(self._journal.path))
+            self.error = None
+
+    def failed(self, exc: OSError) -> None:
+        self.failures += 1
+        self.error = f"{type(exc).__name__}: {exc}"
+        self._report(
+            "llm_calls_journal_unwritable",
+            error=self.error,
+            journal=str(self._journal.path),
+            journal_failures=self.failures,
+        )

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from course_llm.recording.clean import clean_record
-from course_llm.recording.journal import Journal, rejected_path
+from course_llm.recording.journal import Journal, JournalHealth, rejected_path
 from course_llm.recording.records import CallRecord
 from course_llm.recording.rejects import LoudLog, Rejects, encode
 from course_llm.recording.replay import OrphanReplay, waiting_rows
@@ -50,8 +50,6 @@ log = structlog.get_logger()
 #: Every live writer, so its segment is closed (and kept for replay when rows are not yet written)
 #: when the interpreter exits without `aclose()`.
 _live_writers: weakref.WeakSet[RecordWriter] = weakref.WeakSet()
-#: Below this much free space the journal counts as full (a row is well under 64 KiB).
-_MIN_FREE_BYTES = 1 << 20
 
 
 @atexit.register
@@ -101,7 +99,6 @@ class RecordWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._last_probe = 0.0
-        self._journal_checked = 0.0
         self._loud = LoudLog()
         self._rejects = Rejects(rejected_path(self.spool_path), self._loud)
         self._orphans = OrphanReplay(self.spool_path, self._rejects, self._loud, own=self._journal.path)
@@ -113,10 +110,9 @@ class RecordWriter:
             retry_attempts=retry_attempts,
             where=str(self.spool_path),
         )
-        self.disk_error: str | None = None
         self.rows_spooled = 0  # rows read back from the journal (outage, overflow, orphans)
         self._rows_lost = 0  # rows neither the journal nor memory could hold
-        self.journal_failures = 0
+        self._health = JournalHealth(self._journal, self._loud.error)
         _live_writers.add(self)
         # A writer dropped without aclose() (its owner garbage-collected): unlock its segment, and
         # delete it when every row is in the database (else it is left for the next process).
@@ -134,9 +130,9 @@ class RecordWriter:
                 offset = self._journal.append(data)
             except OSError as exc:
                 offset = None
-                self._journal_failed(exc)
+                self._health.failed(exc)
             else:
-                self._journal_ok()
+                self._health.ok()
             if offset is not None and self._from_journal:
                 pass  # the task reads it back from the journal
             elif len(self._buffer) < self._max_queue:
@@ -154,31 +150,6 @@ class RecordWriter:
         """Read rows back from the journal from now on; memory keeps only what it alone holds."""
         self._from_journal = True
         self._buffer = deque(item for item in self._buffer if item[1] is None)
-
-    def _check_journal(self) -> None:
-        """Find an unwritable journal before the first row, and notice when it is writable again."""
-        self._journal_checked = time.monotonic()
-        try:
-            self._journal.check(_MIN_FREE_BYTES)
-        except OSError as exc:
-            self._journal_failed(exc)
-            return
-        self._journal_ok()
-
-    def _journal_ok(self) -> None:
-        if self.disk_error is not None:
-            log.warning("llm_calls_journal_recovered", journal=str(self._journal.path))
-            self.disk_error = None
-
-    def _journal_failed(self, exc: OSError) -> None:
-        self.journal_failures += 1
-        self.disk_error = f"{type(exc).__name__}: {exc}"
-        self._loud.error(
-            "llm_calls_journal_unwritable",
-            error=self.disk_error,
-            journal=str(self._journal.path),
-            journal_failures=self.journal_failures,
-        )
 
     def _wake_task(self) -> None:
         self._ensure_started()
@@ -229,6 +200,15 @@ class RecordWriter:
         return self._sink.down_since is None
 
     @property
+    def disk_error(self) -> str | None:
+        """Why the journal cannot be written right now (None when it can)."""
+        return self._health.error
+
+    @property
+    def journal_failures(self) -> int:
+        return self._health.failures
+
+    @property
     def degraded(self) -> str | None:
         """Why this writer cannot keep its promise right now (None when all is well)."""
         if self.disk_error is not None:
@@ -245,7 +225,7 @@ class RecordWriter:
 
     async def _serve(self) -> None:
         assert self._wake is not None
-        self._check_journal()
+        self._health.check()
         if self._prepare is not None:
             prepare, self._prepare = self._prepare, None
             try:
@@ -261,10 +241,10 @@ class RecordWriter:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._flush_interval_s)
             self._wake.clear()
             if (
-                self.disk_error is not None
-                and time.monotonic() - self._journal_checked >= self._probe_interval_s
+                self._health.error is not None
+                and time.monotonic() - self._health.checked_at >= self._probe_interval_s
             ):
-                self._check_journal()
+                self._health.check()
             down = self._sink.down_since is not None
             if down and time.monotonic() - self._last_probe < self._probe_interval_s and not self._closing:
                 continue
