@@ -172,6 +172,7 @@ class Journal:
         self._fd: int | None = None
         self._end = 0  # offset after the last whole row we wrote
         self._torn = False  # a failed write may have left part of a line after _end
+        self._checkpoint_fd: int | None = None
         self.checkpoint = 0
 
     @property
@@ -244,17 +245,32 @@ class Journal:
             if offset >= self._end and self._end > compact_above and not self._torn:
                 # Checkpoint 0 first: a crash between the two replays rows already written (harmless),
                 # never skips rows appended after the truncation.
-                _write_checkpoint(self.path, 0)
+                self._write_checkpoint(0)
                 os.ftruncate(self._fd, 0)
                 self._end = self.checkpoint = 0
                 return
-            _write_checkpoint(self.path, offset)
+            self._write_checkpoint(offset)
+
+    def _write_checkpoint(self, offset: int) -> None:
+        """Overwrite the checkpoint in place: one `pwrite` of a fixed-width number on a descriptor
+        kept open, where a new file and a rename per batch cost more than the batch's INSERT
+        (py-spy, issue 12). The width never changes, so the file always holds one whole number;
+        whatever else a reader could find (a power loss mid-sector) reads as 0, a full replay,
+        which inserts nothing twice."""
+        if self._checkpoint_fd is None:
+            target = self.path.with_name(self.path.name + _CHECKPOINT)
+            self._checkpoint_fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        os.pwrite(self._checkpoint_fd, b"%020d\n" % offset, 0)
 
     def close(self, *, all_written: bool) -> None:
         """Unlock; delete the segment when every row is in the database, else leave it for replay."""
         with self._lock:
             if self._fd is None:
                 return
+            if self._checkpoint_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._checkpoint_fd)
+                self._checkpoint_fd = None
             if all_written and self.checkpoint >= self._end:
                 for path in (self.path, self.path.with_name(self.path.name + _CHECKPOINT)):
                     path.unlink(missing_ok=True)

@@ -98,6 +98,7 @@ class RecordWriter:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._sleeping = False  # the task waits for a first row (see _serve)
         self._last_probe = 0.0
         self._loud = LoudLog()
         self._rejects = Rejects(rejected_path(self.spool_path), self._loud)
@@ -161,7 +162,7 @@ class RecordWriter:
         except RuntimeError:
             running = None
         if running is loop:
-            if len(self._buffer) >= self._batch_size:
+            if self._sleeping or len(self._buffer) >= self._batch_size:
                 wake.set()
         elif not loop.is_closed():
             # From another thread: wake the task, or start it again on its loop after an idle exit.
@@ -235,8 +236,19 @@ class RecordWriter:
                     "llm_calls_prepare_failed", error=str(exc).splitlines()[0] if str(exc) else repr(exc)
                 )
         await self._orphans.run(self._sink.write)
-        idle_since = time.monotonic()
         while True:
+            if self._idle():
+                # Nothing to write and nothing to watch: sleep until a row comes (no wake-up every
+                # flush interval: an idle proxy must cost nothing), then gather a batch as usual.
+                self._sleeping = True
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._idle_exit_s)
+                except TimeoutError:
+                    return  # idle for long: the next submit() starts a new task
+                finally:
+                    self._sleeping = False
+                if not self._closing:
+                    self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._flush_interval_s)
             self._wake.clear()
@@ -248,18 +260,19 @@ class RecordWriter:
             down = self._sink.down_since is not None
             if down and time.monotonic() - self._last_probe < self._probe_interval_s and not self._closing:
                 continue
-            if self._buffer or self._from_journal:
-                idle_since = time.monotonic()
             await self._drain()
             if self._orphans.pending:
                 await self._orphans.run(self._sink.write)
             if self._closing and (self._sink.down_since is not None or not self._has_work()):
                 return
-            if not self._has_work() and time.monotonic() - idle_since > self._idle_exit_s:
-                return  # nothing to do: stop waking up; the next submit() starts a new task
 
     def _has_work(self) -> bool:
         return bool(self._buffer or self._from_journal or self._orphans.pending)
+
+    def _idle(self) -> bool:
+        """No rows to write, no outage to probe, no broken disk to re-check, not closing."""
+        healthy = self._sink.down_since is None and self._health.error is None
+        return healthy and not self._closing and not self._has_work()
 
     async def _drain(self) -> None:
         """Write what waits, in order, until done or the database is found down."""
