@@ -17,6 +17,17 @@ caches. So each deployment carries the input price for cached prompt tokens too 
 cache writes). LiteLLM asks for those two prices on every model missing from its own cost map,
 and without them warns at every start-up (`register_model … cache cost`) and prices cached
 tokens at 0.
+
+The prices sit in `model_info`, not in `litellm_params` (measured on litellm 1.106.2). The Router
+registers a deployment's prices from either place once, when it adds the deployment
+(router.py `Router._deployment_model_cost_payload`), and prices a call from that entry whenever
+model_info names a price (litellm_logging.py `use_custom_pricing_for_model`). But prices in
+`litellm_params` reach `litellm.completion` as arguments, and main.py
+`_register_custom_pricing_for_request` then calls `register_model` on every call; that empties
+LiteLLM's case-insensitive cost-map index and its model-info caches
+(utils.py `_invalidate_model_cost_lowercase_map`), so the next cost lookup rebuilds an index of
+the whole cost map (`_rebuild_model_cost_lowercase_map`): about 1 ms of CPU per request.
+tests/test_litellm_workarounds.py pins both halves: the same `response_cost`, and no rebuild.
 """
 
 from __future__ import annotations
@@ -61,11 +72,6 @@ def _deployment(action: str, strategy: str, order: int, model: ModelConfig) -> d
         "model": model.litellm_model,
         "api_key": f"os.environ/{model.key_env}",
         "order": order,
-        "input_cost_per_token": input_per_token,
-        "output_cost_per_token": _per_token(model.cost_per_1k.output),
-        # Cached prompt tokens are prompt tokens at the registry's price (module docstring).
-        "cache_read_input_token_cost": input_per_token,
-        "cache_creation_input_token_cost": input_per_token,
     }
     if model.api_base:
         params["api_base"] = model.api_base
@@ -79,6 +85,12 @@ def _deployment(action: str, strategy: str, order: int, model: ModelConfig) -> d
             "course_llm_cost_per_1k_input": model.cost_per_1k.input,
             "course_llm_cost_per_1k_output": model.cost_per_1k.output,
             "max_input_tokens": model.max_context,
+            # LiteLLM's prices, in model_info so they are registered once (module docstring).
+            "input_cost_per_token": input_per_token,
+            "output_cost_per_token": _per_token(model.cost_per_1k.output),
+            # Cached prompt tokens are prompt tokens at the registry's price (module docstring).
+            "cache_read_input_token_cost": input_per_token,
+            "cache_creation_input_token_cost": input_per_token,
         },
     }
 
