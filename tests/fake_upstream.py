@@ -1,8 +1,9 @@
-"""A fake LLM upstream for tests and benchmarks.
+"""A fake LLM upstream for tests and benchmarks: the server, its control API and its controller.
 
 A small ASGI server on 127.0.0.1 that speaks enough of the OpenAI Chat Completions, Anthropic Messages
 and Gemini generateContent HTTP APIs (plain and streamed) for LiteLLM to call it, and that tests can
-tell, per model, to fail with given statuses, to be slow, or what to answer.
+tell, per model, to fail with given statuses, to be slow, or what to answer. What it answers, and
+how (faults, token estimates, ``fail-<code>`` models), is tests/fake_upstream_answers.py.
 
 In-process (pytest, benchmarks)::
 
@@ -11,8 +12,9 @@ In-process (pytest, benchmarks)::
         await litellm.acompletion(model="openai/m", api_base=up.base_url, api_key="x", messages=...)
         assert up.hits("m") == 2
 
-As its own process (end-to-end tests): ``python tests/fake_upstream.py --port 0`` prints
-``READY <port>`` once it listens; drive it with ``FakeUpstream.attach(port)``.
+As its own process (end-to-end tests, benchmarks): ``python tests/fake_upstream.py --port 0`` prints
+``READY <port>`` once it listens (``--loop asyncio`` for asyncio's own event loop; the default,
+uvicorn's "auto", is uvloop when installed, as in-process); drive it with ``FakeUpstream.attach(port)``.
 
 Pointing LiteLLM at it: ``openai/<m>`` with ``api_base=up.base_url`` (``.../v1``); ``anthropic/<m>``
 with ``api_base=up.anthropic_base_url`` (the root: LiteLLM appends ``/v1/messages``); ``gemini/<m>``
@@ -22,17 +24,12 @@ Control API: ``POST /_control/behaviour`` ``{"model", "statuses", "delay_ms", "r
 "stream_fault", "fault_after", "chunk_delay_ms", "error_message"}`` (the statuses are answered in
 order, the last one repeats; model ``"*"`` is the fallback for models with no behaviour of their own),
 ``POST /_control/reset``, ``GET /_control/requests[?model=m]``.
-A model whose name contains ``fail-<code>`` always answers that status, with no setup.
-``error_message`` is the message of an error answer; ``{api_key}`` in it is replaced by the
-credential the request carried (``Authorization: Bearer``, ``x-api-key``, ``x-goog-api-key`` or
-``?key=``), as upstreams that echo a wrong key do.
 
-Stream faults (any provider's streamed answer), after ``fault_after`` events of the stream:
-``"cut"`` drops the connection mid-body (the client sees an incomplete chunked body, as when an
-upstream dies); ``"no_finish"`` ends the body cleanly but sends no finish reason, no usage and no
-``[DONE]`` (a truncated upstream stream). ``chunk_delay_ms`` waits before each streamed event, so a
-client has time to hang up in the middle.
-Token counts are estimates: ``max(1, characters // 4)`` of the prompt texts and of the reply.
+Every accepted connection gets TCP_NODELAY (`_NoDelayHTTP`). asyncio's own loop sets it only on
+sockets whose ``proto`` is IPPROTO_TCP, and a socket built with ``socket(AF_INET, SOCK_STREAM)``
+has ``proto=0``, as do the connections it accepts; without it, Nagle's algorithm holds back the
+body behind the unacknowledged headers until the client's delayed ACK (about 40 ms on Linux), on
+every request of a reused connection. uvloop sets it by itself; this does not depend on which.
 """
 
 from __future__ import annotations
@@ -41,57 +38,40 @@ import argparse
 import asyncio
 import json
 import logging
-import re
 import socket
+import sys
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-FAIL_IN_NAME = re.compile(r"fail-(\d{3})")
-AUTH_HEADERS = ("authorization", "x-api-key", "x-goog-api-key")
-_OPENAI_ERRORS = {400: "invalid_request_error", 401: "invalid_api_key", 403: "permission_denied"}
-_OPENAI_ERRORS |= {404: "model_not_found", 429: "rate_limit_exceeded"}
-_ANTHROPIC_ERRORS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error"}
-_ANTHROPIC_ERRORS |= {404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error"}
-_ANTHROPIC_ERRORS |= {529: "overloaded_error"}
-_GEMINI_ERRORS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED"}
-_GEMINI_ERRORS |= {404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+if not __package__:  # run as a script (`python tests/fake_upstream.py`): `tests.` as pytest finds it
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.fake_upstream_answers import (
+    STREAM_FAULTS,
+    Behaviour,
+    FakeState,
+    StreamCut,
+    anthropic_messages,
+    estimate_tokens,
+    fake_state,
+    gemini_generate,
+    openai_chat,
+    request_body,
+)
 
-def estimate_tokens(text: str) -> int:
-    """The fake's token count for a text: a quarter of its characters, at least 1."""
-    return max(1, len(text) // 4)
-
-
-def _text_of(content: Any) -> str:
-    """The text of a content field: a string, or a list of parts (OpenAI, Anthropic or Gemini)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(_text_of(part.get("text", "")) for part in content if isinstance(part, dict))
-    return ""
-
-
-def _pieces(text: str) -> list[str]:
-    """The reply cut into word-sized streaming deltas (several chunks for any multi-word reply)."""
-    return re.findall(r"\S+\s*|\s+", text) or [""]
-
-
-STREAM_FAULTS = ("cut", "no_finish")
-
-
-class StreamCut(Exception):
-    """Raised inside a streamed body to make the server drop the connection mid-response."""
+#: What tests and benchmarks import from here (`estimate_tokens` comes with the answers module).
+__all__ = ["Behaviour", "FakeState", "FakeUpstream", "create_app", "estimate_tokens", "main"]
 
 
 class _QuietCuts(logging.Filter):
@@ -101,242 +81,22 @@ class _QuietCuts(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], StreamCut))
 
 
-@dataclass
-class Behaviour:
-    statuses: list[int] = field(default_factory=lambda: [200])
-    delay_ms: float = 0
-    reply: str | None = None
-    json_reply: str | None = None
-    stream_fault: str | None = None
-    fault_after: int = 2
-    chunk_delay_ms: float = 0
-    error_message: str | None = None
+class _NoDelayHTTP(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+    """uvicorn's HTTP protocol (h11 or httptools, as uvicorn picks) with TCP_NODELAY on its connection.
 
+    See the module docstring: asyncio leaves Nagle on for the listening socket's ``proto=0``
+    connections, which costs ~40 ms per reused connection (measured with uvicorn 0.54, Python 3.11).
+    """
 
-@dataclass(frozen=True)
-class StreamPlan:
-    """How a streamed answer misbehaves: `Behaviour`'s stream fields, for the SSE writer."""
-
-    fault: str | None = None
-    after: int = 2
-    chunk_delay_ms: float = 0
-
-
-class FakeState:
-    """What the server was told and what it received; touched only from the server's event loop."""
-
-    def __init__(self) -> None:
-        self.behaviours: dict[str, Behaviour] = {}
-        self.requests: list[dict[str, Any]] = []
-
-    def record(
-        self, request: Request, provider: str | None, model: str, body: dict[str, Any], status: int
-    ) -> None:
-        stream = bool(body.get("stream")) or "stream" in request.url.path.lower()  # Gemini: in the path
-        auth = any(name in request.headers for name in AUTH_HEADERS)
-        entry = {"provider": provider, "model": model, "path": request.url.path, "status": status}
-        self.requests.append(entry | {"stream": stream, "auth": auth, "body": body, "time": time.time()})
-
-    def behaviour(self, model: str) -> Behaviour:
-        return self.behaviours.get(model) or self.behaviours.get("*") or Behaviour()
-
-    def error_message(self, request: Request, model: str) -> str | None:
-        """The scripted message of an error answer, with the request's credential filled in."""
-        template = self.behaviour(model).error_message
-        if template is None:
-            return None
-        credential = request.headers.get("x-api-key") or request.headers.get("x-goog-api-key")
-        credential = credential or request.query_params.get("key") or ""
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if not credential and scheme.lower() == "bearer":
-            credential = token.strip()
-        return template.replace("{api_key}", credential)
-
-    def stream_plan(self, model: str) -> StreamPlan:
-        behaviour = self.behaviour(model)
-        return StreamPlan(behaviour.stream_fault, behaviour.fault_after, behaviour.chunk_delay_ms)
-
-    async def answer(
-        self, request: Request, provider: str, model: str, body: dict[str, Any], wants_json: bool
-    ) -> tuple[int, str, bool]:
-        """(status, reply text, whether the reply is the configured JSON) for this request, recorded."""
-        behaviour = self.behaviour(model)
-        if match := FAIL_IN_NAME.search(model):
-            status = int(match.group(1))
-        else:
-            status = behaviour.statuses.pop(0) if len(behaviour.statuses) > 1 else behaviour.statuses[0]
-        self.record(request, provider, model, body, status)
-        if behaviour.delay_ms:
-            await asyncio.sleep(behaviour.delay_ms / 1000)
-        if wants_json and behaviour.json_reply is not None:
-            return status, behaviour.json_reply, True
-        return status, behaviour.reply or f"fake answer from {model}", False
-
-
-def _error(provider: str, status: int, model: str, message: str | None = None) -> JSONResponse:
-    message = message or f"fake upstream answered {status} for model {model!r}"
-    if provider == "anthropic":
-        kind = _ANTHROPIC_ERRORS.get(status, "api_error")
-        body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
-    elif provider == "gemini":
-        kind = _GEMINI_ERRORS.get(status, "INTERNAL")
-        body = {"error": {"code": status, "message": message, "status": kind}}
-    else:
-        kind = _OPENAI_ERRORS.get(status, "server_error")
-        body = {"error": {"message": message, "type": kind, "param": None, "code": kind}}
-    return JSONResponse(body, status_code=status)
-
-
-def _sse(events: Iterable[str], plan: StreamPlan | None = None) -> StreamingResponse:
-    """The events as a text/event-stream body, misbehaving as `plan` says ("no_finish" is applied
-    by each provider's writer, which knows which events carry the finish reason)."""
-    plan = plan or StreamPlan()
-
-    async def gen() -> AsyncIterator[str]:
-        for sent, event in enumerate(events):
-            if plan.fault == "cut" and sent >= plan.after:
-                # uvicorn closes the connection when the body raises after the headers went out.
-                raise StreamCut(f"fake upstream cut the stream after {sent} events")
-            if plan.chunk_delay_ms:
-                await asyncio.sleep(plan.chunk_delay_ms / 1000)
-            yield event
-
-    return StreamingResponse(gen(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        body = None
-    return body if isinstance(body, dict) else {}
-
-
-def _state(request: Request) -> FakeState:
-    state: FakeState = request.app.state.fake
-    return state
-
-
-async def openai_chat(request: Request) -> Response:
-    body = await _body(request)
-    model, stream = str(body.get("model", "")), bool(body.get("stream"))
-    wants_json = (body.get("response_format") or {}).get("type") in ("json_object", "json_schema")
-    status, reply, _ = await _state(request).answer(request, "openai", model, body, wants_json)
-    if status != 200:
-        return _error("openai", status, model, _state(request).error_message(request, model))
-    prompt = estimate_tokens("".join(_text_of(m.get("content")) for m in body.get("messages", [])))
-    completion = estimate_tokens(reply)
-    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-    head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model}
-    head["system_fingerprint"] = "fp_fake"
-    if not stream:
-        message = {"role": "assistant", "content": reply, "refusal": None}
-        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
-        return JSONResponse({**head, "object": "chat.completion", "choices": [choice], "usage": usage})
-    # A model named "...no-usage..." ignores include_usage, as some OpenAI-compatible servers do.
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage")) and "no-usage" not in model
-    head |= {"object": "chat.completion.chunk"}
-    tail: dict[str, Any] = {"usage": None} if include_usage else {}
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return {**head, "choices": [choice], **tail}
-
-    plan = _state(request).stream_plan(model)
-    chunks = [chunk({"role": "assistant", "content": ""})]
-    chunks += [chunk({"content": piece}) for piece in _pieces(reply)]
-    if plan.fault == "no_finish":
-        return _sse([f"data: {json.dumps(c)}\n\n" for c in chunks[: plan.after]], plan)
-    chunks.append(chunk({}, "stop"))
-    if include_usage:
-        chunks.append({**head, "choices": [], "usage": usage})
-    return _sse([f"data: {json.dumps(c)}\n\n" for c in chunks] + ["data: [DONE]\n\n"], plan)
-
-
-async def anthropic_messages(request: Request) -> Response:
-    body = await _body(request)
-    model, stream = str(body.get("model", "")), bool(body.get("stream"))
-    # LiteLLM asks for JSON with a forced "json_tool_call" tool, or natively with output_format.
-    json_tool = any(t.get("name") == "json_tool_call" for t in body.get("tools") or [] if isinstance(t, dict))
-    native_json = bool(body.get("output_format") or (body.get("output_config") or {}).get("format"))
-    status, reply, is_json = await _state(request).answer(
-        request, "anthropic", model, body, json_tool or native_json
-    )
-    if status != 200:
-        return _error("anthropic", status, model, _state(request).error_message(request, model))
-    prompt = _text_of(body.get("system"))
-    prompt += "".join(_text_of(m.get("content")) for m in body.get("messages", []))
-    usage = {"input_tokens": estimate_tokens(prompt), "output_tokens": estimate_tokens(reply)}
-    as_tool = is_json and json_tool and not native_json
-    block: dict[str, Any] = {"type": "text", "text": reply}
-    if as_tool:
-        block = {"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}", "name": "json_tool_call"}
-        block["input"] = json.loads(reply)
-    stop_reason = "tool_use" if as_tool else "end_turn"
-    message: dict[str, Any] = {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "model": model}
-    message["role"] = "assistant"
-    if not stream:
-        message |= {"content": [block], "stop_reason": stop_reason, "stop_sequence": None, "usage": usage}
-        return JSONResponse(message)
-    message |= {"content": [], "stop_reason": None, "stop_sequence": None}
-    message["usage"] = {"input_tokens": usage["input_tokens"], "output_tokens": 1}
-    if as_tool:
-        start = {**block, "input": {}}
-        deltas = [{"type": "input_json_delta", "partial_json": reply}]
-    else:
-        start = {"type": "text", "text": ""}
-        deltas = [{"type": "text_delta", "text": piece} for piece in _pieces(reply)]
-    events: list[dict[str, Any]] = [{"type": "message_start", "message": message}]
-    events.append({"type": "content_block_start", "index": 0, "content_block": start})
-    events += [{"type": "content_block_delta", "index": 0, "delta": delta} for delta in deltas]
-    plan = _state(request).stream_plan(model)
-    if plan.fault == "no_finish":
-        events = events[: plan.after]
-    else:
-        events.append({"type": "content_block_stop", "index": 0})
-        end = {"delta": {"stop_reason": stop_reason, "stop_sequence": None}}
-        events.append({"type": "message_delta", **end, "usage": {"output_tokens": usage["output_tokens"]}})
-        events.append({"type": "message_stop"})
-    return _sse((f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events), plan)
-
-
-async def gemini_generate(request: Request) -> Response:
-    model, _, action = request.path_params["target"].partition(":")
-    if action not in ("generateContent", "streamGenerateContent"):
-        return _error("gemini", 404, model)
-    body = await _body(request)
-    stream = action == "streamGenerateContent"
-    config = body.get("generationConfig") or {}
-    wants_json = "application/json" in (config.get("responseMimeType"), config.get("response_mime_type"))
-    status, reply, _ = await _state(request).answer(request, "gemini", model, body, wants_json)
-    if status != 200:
-        return _error("gemini", status, model, _state(request).error_message(request, model))
-    prompt = _text_of((body.get("systemInstruction") or {}).get("parts"))
-    prompt += "".join(_text_of(c.get("parts")) for c in body.get("contents", []))
-    prompt_tokens, reply_tokens = estimate_tokens(prompt), estimate_tokens(reply)
-    usage = {"promptTokenCount": prompt_tokens, "candidatesTokenCount": reply_tokens}
-    usage["totalTokenCount"] = prompt_tokens + reply_tokens
-    rid = uuid.uuid4().hex[:20]
-
-    def response(text: str, last: bool) -> dict[str, Any]:
-        candidate: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}
-        if last:
-            candidate["finishReason"] = "STOP"
-        shown = usage if last else {"promptTokenCount": prompt_tokens}
-        return {"candidates": [candidate], "usageMetadata": shown, "modelVersion": model, "responseId": rid}
-
-    if not stream:
-        return JSONResponse(response(reply, last=True))
-    plan = _state(request).stream_plan(model)
-    pieces = _pieces(reply)
-    events = [response(p, i == len(pieces) - 1) for i, p in enumerate(pieces)]
-    if plan.fault == "no_finish":
-        events = [response(p, last=False) for p in pieces][: plan.after]
-    return _sse((f"data: {json.dumps(e)}\n\n" for e in events), plan)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)
 
 
 async def control_behaviour(request: Request) -> Response:
-    body = await _body(request)
+    body = await request_body(request)
     if not isinstance(body.get("model"), str):
         return JSONResponse({"error": "a JSON object with a string 'model' is required"}, status_code=400)
     json_reply = body.get("json_reply")
@@ -351,7 +111,7 @@ async def control_behaviour(request: Request) -> Response:
     behaviour.fault_after = int(body.get("fault_after", 2))
     behaviour.chunk_delay_ms = float(body.get("chunk_delay_ms") or 0)
     behaviour.error_message = body.get("error_message")
-    _state(request).behaviours[body["model"]] = behaviour
+    fake_state(request).behaviours[body["model"]] = behaviour
     return JSONResponse({"ok": True})
 
 
@@ -362,13 +122,13 @@ async def control_reset(request: Request) -> Response:
 
 async def control_requests(request: Request) -> Response:
     model = request.query_params.get("model")
-    return JSONResponse([r for r in _state(request).requests if model is None or r["model"] == model])
+    return JSONResponse([r for r in fake_state(request).requests if model is None or r["model"] == model])
 
 
 async def unknown_route(request: Request) -> Response:
     """Recorded too, so that a test pointing LiteLLM at the wrong base sees which path it asked for."""
-    body = await _body(request) if request.method == "POST" else {}
-    _state(request).record(request, None, str(body.get("model", "")), body, 404)
+    body = await request_body(request) if request.method == "POST" else {}
+    fake_state(request).record(request, None, str(body.get("model", "")), body, 404)
     message = f"fake upstream has no route {request.method} {request.url.path}"
     return JSONResponse(
         {"error": {"message": message, "type": "not_found", "code": "not_found"}}, status_code=404
@@ -402,20 +162,28 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _server() -> uvicorn.Server:
+def _server(loop: str = "auto") -> uvicorn.Server:
+    """The fake's uvicorn server; ``loop`` is uvicorn's choice ("auto": uvloop when installed)."""
     error_log = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, _QuietCuts) for f in error_log.filters):
         error_log.addFilter(_QuietCuts())
-    config = uvicorn.Config(create_app(), log_level="warning", access_log=False, lifespan="off")
+    config = uvicorn.Config(
+        create_app(), http=_NoDelayHTTP, loop=loop, log_level="warning", access_log=False, lifespan="off"
+    )
     config.timeout_graceful_shutdown = 2
+    # Idle connections stay open 120 s, as a provider's do, not uvicorn's 5 s: a proxy that pooled a
+    # connection while it served nothing (a benchmark running another target) otherwise reuses one
+    # the fake is closing, gets "Connection error" and retries, an attempt no real upstream causes.
+    config.timeout_keep_alive = 120
     return uvicorn.Server(config)
 
 
 class FakeUpstream:
     """The fake upstream in a background thread on a free 127.0.0.1 port (or attached to a running one)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.host, self.port = host, port
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, loop: str = "auto") -> None:
+        """``loop``: uvicorn's event loop choice for start() ("auto", "asyncio", "uvloop")."""
+        self.host, self.port, self.loop = host, port, loop
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._client: httpx.Client | None = None
@@ -430,7 +198,7 @@ class FakeUpstream:
     def start(self) -> FakeUpstream:
         sock = _listen(self.host, self.port)
         self.port = sock.getsockname()[1]
-        self._server = server = _server()
+        self._server = server = _server(self.loop)
         self._thread = threading.Thread(target=server.run, args=([sock],), name="fake-upstream", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10
@@ -524,9 +292,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the fake LLM upstream; prints 'READY <port>'.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--loop", default="auto", help="uvicorn's event loop: auto, asyncio or uvloop")
     args = parser.parse_args(argv)
     sock = _listen(args.host, args.port)
-    server = _server()
+    server = _server(args.loop)
 
     async def serve() -> None:
         task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -536,7 +305,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"READY {sock.getsockname()[1]}", flush=True)
         await task
 
-    asyncio.run(serve())
+    # The loop in-process servers get too (uvicorn's Server.run): "auto" is uvloop when installed.
+    with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+        runner.run(serve())
 
 
 if __name__ == "__main__":

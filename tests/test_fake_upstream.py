@@ -6,8 +6,11 @@ These call it the way the proxy and the facade will: through ``litellm.acompleti
 
 from __future__ import annotations
 
+import http.client
+import importlib.util
 import os
 import select
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -289,3 +292,51 @@ def test_the_standalone_process_prints_ready_and_is_controlled_by_attach() -> No
         finally:
             proc.terminate()
             proc.wait(timeout=15)
+
+
+def _server_side_nodelay(server_port: int, client_port: int) -> int:
+    """TCP_NODELAY of the fake's end of one connection, read from its socket in this process."""
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            copy = os.dup(int(fd))
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            continue
+        try:
+            sock = socket.socket(fileno=copy)
+        except OSError:  # not a socket
+            os.close(copy)
+            continue
+        with sock:
+            try:
+                ends = (sock.getsockname(), sock.getpeername())
+            except OSError:  # a listening or unconnected socket
+                continue
+            if ends == (("127.0.0.1", server_port), ("127.0.0.1", client_port)):
+                return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    raise AssertionError(f"no socket of the fake connected to client port {client_port}")
+
+
+LOOPS = [
+    "asyncio",
+    pytest.param(
+        "uvloop", marks=pytest.mark.skipif(not importlib.util.find_spec("uvloop"), reason="no uvloop")
+    ),
+]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads sockets from /proc/self/fd")
+@pytest.mark.parametrize("loop", LOOPS)
+def test_every_accepted_connection_has_tcp_nodelay_whatever_the_event_loop(loop: str) -> None:
+    """asyncio leaves Nagle on for a listening socket built with proto=0; then each answer on a reused
+    connection waited ~40 ms for the client's delayed ACK (tests/fake_upstream.py's docstring)."""
+    with FakeUpstream(loop=loop) as upstream:
+        connection = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=10)
+        try:
+            for _ in range(2):  # the second request reuses the connection
+                connection.request("POST", "/v1/chat/completions", body=b'{"model": "m", "messages": []}')
+                assert connection.getresponse().read()
+            client_port = connection.sock.getsockname()[1]
+            assert _server_side_nodelay(upstream.port, client_port) != 0
+        finally:
+            connection.close()
+        assert upstream.hits("m") == 2
