@@ -8,7 +8,9 @@ Prints three figures, each against a baseline measured in the same run:
    cleaning and the journal write are also timed alone.
 2. writer throughput (rows/s) into SQLite and PostgreSQL, from submit() to flushed; on PostgreSQL
    also the db layer alone (insert_records of ready rows, batches of 5,000), the old path (row
-   INSERTs) against the new (binary COPY through a staging table) in the same run.
+   INSERTs) against the new (binary COPY through a staging table) in the same run; and the CPU
+   one small batch (4 rows: a quiet proxy's quarter second of traffic) costs the process, a session per
+   batch (`insert_records`) against the writer's held connection (`BatchWriter`).
 3. facade latency with logging on versus off against a local fake upstream (p50 ratio).
 Targets on the 2-core reference machine: hook p50 < 50 µs; >= 100,000 rows/s into PostgreSQL
 (issue 11); latency ratio <= 1.05.
@@ -34,7 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg  # type: ignore[import-untyped]
 
-from course_llm.db import count_calls, create_session_factory, dispose_session_factory, upgrade_database
+from course_llm.db import (
+    BatchWriter,
+    count_calls,
+    create_session_factory,
+    dispose_session_factory,
+    upgrade_database,
+)
 from course_llm.db.writes import insert_records, insert_rows
 from course_llm.recording.callback import CallLogger
 from course_llm.recording.clean import clean_record
@@ -192,6 +200,27 @@ async def db_layer_rate(url: str, n: int, write: Callable[..., Awaitable[int]], 
     return n / elapsed
 
 
+async def small_batch_cpu(url: str, held: bool, batches: int = 1000, size: int = 4) -> float:
+    """Process CPU (ms) per batch of `size` ready rows: a session per batch, or the held connection."""
+    await asyncio.to_thread(upgrade_database, url)
+    factory = create_session_factory(url)
+    writer = BatchWriter(factory)
+    records = rows(batches * size + 50 * size)
+
+    async def write(chunk: list[CallRecord]) -> int:
+        return await (writer.write(chunk) if held else insert_records(factory, chunk))
+
+    for i in range(50):  # warm-up: connection, prepared statements, staging table
+        await write(records[i * size : (i + 1) * size])
+    start = time.process_time()
+    for i in range(50, 50 + batches):
+        await write(records[i * size : (i + 1) * size])
+    cpu = time.process_time() - start
+    await writer.release()
+    await dispose_session_factory(factory)
+    return cpu * 1000 / batches
+
+
 async def throughput(url: str, n: int) -> float:
     await asyncio.to_thread(upgrade_database, url)
     factory = create_session_factory(url)
@@ -252,6 +281,8 @@ async def bench_writer(n: int) -> None:
             ("new", lambda url: db_layer_rate(url, n, insert_records)),
             ("writer", lambda url: throughput(url, n)),
             ("replay", lambda url: replay_rate(url, n)),
+            ("session4", lambda url: small_batch_cpu(url, held=False)),
+            ("held4", lambda url: small_batch_cpu(url, held=True)),
         ]:
             await admin.execute(f'CREATE DATABASE "{name}_{label}"')
             figures[label] = await measure(PG_ADMIN.rsplit("/", 1)[0] + f"/{name}_{label}")
@@ -262,8 +293,13 @@ async def bench_writer(n: int) -> None:
         )
         writer, replay = figures["writer"], figures["replay"]
         print(f"   PostgreSQL   {writer:10,.0f} rows/s   replay {replay:10,.0f} rows/s   (target >= 100,000)")
+        session4, held4 = figures["session4"], figures["held4"]
+        print(
+            f"   PostgreSQL, a 4-row batch: session per batch {session4:.3f} ms CPU, held connection "
+            f"{held4:.3f} ms ({held4 / session4:.2f}x)"
+        )
     finally:
-        for label in ("old", "new", "writer", "replay"):
+        for label in ("old", "new", "writer", "replay", "session4", "held4"):
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}_{label}" WITH (FORCE)')
         await admin.close()
 

@@ -362,7 +362,7 @@ async def main() -> None:
                 print("\nREADME table (ratios against plain LiteLLM without the callback):")
                 print("\n".join(readme_table(results)))
             if py_spy:
-                for name in ("serve", ANCHOR):
+                for name in ("serve", "litellm+callback", ANCHOR):
                     target = next(t for t in targets if t.name == name)
                     print(f"\npy-spy profile of {name}, {n_profile} sequential requests:", flush=True)
 

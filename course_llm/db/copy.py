@@ -20,7 +20,7 @@ The COPY bypasses SQLAlchemy, so its errors are translated here into the ones SQ
 connection lost during the COPY is invalidated and reported like any other disconnect: the
 callers (course_llm/db/errors.py, the writer's sink) cannot tell the two paths apart.
 
-A small batch (the writer's usual 50 ms of traffic: a few rows) skips the staging table: one
+A small batch (the writer's quarter second of traffic: a few rows) skips the staging table: one
 prepared `INSERT … SELECT … FROM unnest($1::uuid[], …)` sends each column as one binary array, in
 one round trip and one statement (so the aggregate triggers fire once), for about a fifth of the
 CPU of the COPY's four statements. `write_rows` picks the path; course_llm/db/held.py calls it on

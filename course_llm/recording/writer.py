@@ -69,7 +69,7 @@ class RecordWriter:
         fsync: bool = False,
         max_queue: int = 10_000,
         batch_size: int = 500,
-        flush_interval_s: float = 0.05,
+        flush_interval_s: float = 0.25,
         write_timeout_s: float = 10.0,
         retry_attempts: int = 3,
         probe_interval_s: float = 2.0,
