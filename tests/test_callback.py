@@ -427,6 +427,30 @@ async def test_a_claimed_request_gets_no_row_from_litellms_late_events() -> None
     assert sink.rows == []
 
 
+async def test_a_claimed_request_s_late_success_event_builds_no_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proxy's usual case (issue 12): the row was written on the request path, so LiteLLM's
+    background event must cost a lookup, not a whole row built and thrown away."""
+    import course_llm.recording.callback as callback_module
+
+    built: list[str] = []
+    original = callback_module.record_from_success
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        built.append("row")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(callback_module, "record_from_success", counting)
+    logger = CallLogger(Sink(), source="proxy")
+    logger.claim("trace-1")
+    await logger.async_log_success_event(success_kwargs(), None, None, datetime.now())
+    assert built == []
+    from course_llm.recording.rows import REQUEST_ID_KEY
+
+    unclaimed = success_kwargs(**{REQUEST_ID_KEY: "request-2"})
+    await logger.async_log_success_event(unclaimed, None, None, datetime.now())
+    assert built == ["row"]  # not claimed: built and recorded as before
+
+
 @pytest.mark.parametrize("payload", GARBAGE)
 async def test_a_bad_payload_never_raises_from_the_path_success_hook(payload: Any) -> None:
     sink = Sink()

@@ -41,6 +41,7 @@ from course_llm.recording.rows import (
     registry_cost,
     request_id_of,
     split_group,
+    success_request_id,
 )
 
 # Re-exported: the facade and the proxy import these names from here.
@@ -176,10 +177,9 @@ class CallLogger(CustomLogger):
         try:
             if not self._mine(metadata_of(kwargs.get("litellm_params"))):
                 return
-            record = record_from_success(kwargs, response_obj, start_time, end_time, source=self._source)
-            if self.claimed(record.request_id):
-                return  # recorded on the request path already
-            self._emit(record)
+            if self.claimed(success_request_id(kwargs)):
+                return  # recorded on the request path already (the proxy's usual case): no row to build
+            self._emit(record_from_success(kwargs, response_obj, start_time, end_time, source=self._source))
         except Exception as exc:  # a logger must never break the call it records
             self._dropped("success", exc)
 

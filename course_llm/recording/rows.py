@@ -191,6 +191,15 @@ def registry_cost(
     return ((tokens_in or 0) * price_in + (tokens_out or 0) * price_out) / 1000
 
 
+def success_request_id(kwargs: Mapping[str, Any]) -> str:
+    """The request id `record_from_success` would give the row, without building it."""
+    slo: Mapping[str, Any] = kwargs.get("standard_logging_object") or {}
+    metadata = metadata_of(kwargs.get("litellm_params") or {})
+    return request_id_of(
+        metadata, slo.get("trace_id"), kwargs.get("litellm_trace_id"), kwargs.get("litellm_call_id")
+    )
+
+
 def record_from_success(
     kwargs: Mapping[str, Any], response_obj: Any, start_time: Any, end_time: Any, *, source: Source
 ) -> CallRecord:
@@ -216,9 +225,7 @@ def record_from_success(
     end_user = kwargs.get("user") or params.get("user") or slo.get("end_user")
     end_user = end_user or slo_metadata.get("user_api_key_end_user_id")
     return CallRecord(
-        request_id=request_id_of(
-            metadata, slo.get("trace_id"), kwargs.get("litellm_trace_id"), kwargs.get("litellm_call_id")
-        ),
+        request_id=success_request_id(kwargs),
         attempt=0,
         created_at=started,
         action=action or served_action,
