@@ -164,6 +164,19 @@ def db_prune(
     out.print(f"deleted {result.deleted:,} rows created before {day}; their aggregates are kept")
 
 
+@app.command()
+def lint(
+    paths: Annotated[list[Path] | None, typer.Argument(help="files or directories (default: .)")] = None,
+) -> None:
+    """Warn about direct LLM SDK calls outside track_llm_call (`file:line: message`); always exits 0."""
+    from course_llm.lint import lint_paths
+
+    report = lint_paths(paths or [Path()])
+    for finding in report.findings:
+        out.print(str(finding))
+    out.print(report.summary())
+
+
 #: How SQLite and PostgreSQL say that llm_calls is missing (a database nobody migrated).
 _WRAPPER = re.compile(r"^\((?:sqlalchemy|asyncpg|sqlite3)[\w.]*\) ")
 _NO_TABLE = re.compile(r"no such table: llm_calls|relation \"llm_calls\" does not exist")
