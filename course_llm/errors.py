@@ -69,11 +69,23 @@ class FailedAttempt:
     error_class: str
     message: str
 
+    def describe(self) -> str:
+        """`model_id (served_strategy): <status> <error_class>: <message>`, status `-` when none."""
+        status = self.status_code or "-"
+        return f"{self.model_id} ({self.served_strategy}): {status} {self.error_class}: {self.message}"
+
 
 class AllModelsFailedError(CourseLLMError):
     """Every model of the requested chain (and of the fallback chains) failed.
 
     `attempts` holds one FailedAttempt per failed attempt, in the order they were made.
+    `errors` is the same list as text, one string per failed attempt in the same order:
+    `"model_id (served_strategy): <status> <error_class>: <message>"` (status `-` when the attempt
+    got no HTTP answer). `strategies_tried` names the strategies whose chains were attempted, in
+    the order they were first tried, each once: `["quality", "default", "budget"]` for a quality
+    request that went through the default chain to the fallback strategy. Both come from the
+    original router's error, which code written against it reads; both are empty when no model
+    was attempted (every provider of the chains disabled).
     """
 
     def __init__(
@@ -83,6 +95,8 @@ class AllModelsFailedError(CourseLLMError):
         self.strategy = strategy
         self.request_id = request_id
         self.attempts = list(attempts)
+        self.errors = [a.describe() for a in self.attempts]
+        self.strategies_tried = list(dict.fromkeys(a.served_strategy for a in self.attempts))
         tried = "; ".join(
             f"#{a.attempt} {a.model_id} ({a.served_strategy}): {a.status_code or '-'} {a.error_class}"
             for a in self.attempts

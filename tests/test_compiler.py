@@ -122,6 +122,14 @@ def test_fallback_strategy_follows_the_default_chain(small: Registry) -> None:
     assert settings["max_fallbacks"] == 2 + 2 + 1 - 1
 
 
+def test_a_bare_action_is_an_alias_of_its_default_group_and_keys_no_fallbacks(small: Registry) -> None:
+    # Fallbacks listed under the bare name would make a request that fails everywhere walk the
+    # default chain twice; the proxy renames a bare action instead (tests/test_routing_defaults.py).
+    settings = compile_router_config(small, fallback_strategy="budget")["router_settings"]
+    assert settings["model_group_alias"] == {"summarise": "summarise/default"}
+    assert [key for entry in settings["fallbacks"] for key in entry if "/" not in key] == []
+
+
 def test_retries_follow_max_attempts_and_cooldowns_are_off(small: Registry) -> None:
     settings = compile_router_config(small, max_attempts=3)["router_settings"]
     assert settings["num_retries"] == 2

@@ -8,6 +8,8 @@ attempt, it
   plain `litellm --config`;
 - records failures only of requests it admitted: a request refused before routing (bad key, bad
   body, forbidden parameter) has no row, whatever LiteLLM's failure event says about it;
+- sends a bare action (`model="text_processing"`) on as `<action>/default`, so LiteLLM finds the
+  default chain's fallbacks for it, the fallback strategy included (`default_group_of` says why);
 - gives each request a time-ordered request id (`litellm_trace_id`) and returns it in the
   `x-course-llm-request-id` response header, so a caller can find its rows;
 - asks the upstream for usage on streamed calls (`stream_options.include_usage`), hides the
@@ -51,6 +53,8 @@ from course_llm.recording.callback import (
 from course_llm.recording.records import CallRecord, new_id, status_code_of
 from course_llm.recording.rows import StreamEnd, metadata_of
 from course_llm.recording.writer import RecordWriter
+from course_llm.routing.compiler import group_name
+from course_llm.routing.registry import DEFAULT_STRATEGY
 from course_llm.settings import Settings
 
 log = structlog.get_logger()
@@ -191,6 +195,8 @@ class ProxyLogger(CallLogger):
                 refusal = Refusal(400, reason, "model") if reason else None
             if refusal is not None:
                 raise HTTPException(status_code=refusal.status, detail={"error": refusal.message})
+        if isinstance(data["model"], str):
+            data["model"] = default_group_of(data["model"], *router_groups())
         # Always a new id: LiteLLM may have set litellm_trace_id from a client's trace or session
         # header, which many requests share; one course_llm request id must mean one request.
         request_id = str(new_id())
@@ -348,6 +354,23 @@ def router_groups() -> tuple[Collection[str], Mapping[str, str]]:
     if not isinstance(names, set | frozenset):
         names = set(router.get_model_names())
     return names, getattr(router, "model_group_alias", None) or {}
+
+
+def default_group_of(model: str, names: Collection[str], aliases: Mapping[str, Any]) -> str:
+    """`<action>/default` for a bare action the router serves as an alias of it; else `model`.
+
+    The bare action must be exactly `<action>/default`, fallback strategy included. LiteLLM
+    (1.106.2; BerriAI/litellm#10317, open) resolves a `model_group_alias` to pick deployments, but
+    looks a failed request's `fallbacks` up by the name the client sent, so a bare request never
+    reached the fallback strategy. Listing the fallbacks under the bare name as well is no cure:
+    the fallback strategy's own fallback (`<action>/default`) is then a name the request has not
+    attempted, and a request whose fallback strategy fails too walks the default chain twice.
+    Renamed here, before LiteLLM routes it, the request is the `/default` one in every respect.
+    """
+    target = group_name(model, DEFAULT_STRATEGY)
+    if "/" in model or aliases.get(model) != target or target not in names:
+        return model
+    return target
 
 
 def body_refusal(data: Mapping[str, Any], call_type: Any) -> Refusal | None:

@@ -149,7 +149,11 @@ def compile_router_config(
             # Each model after the first is one fallback hop; allow the longest walk there is.
             "max_fallbacks": max(longest_walk - 1, 1),
             "timeout": timeout_s,
-            # A bare action name means its default strategy (`model="video_analysis"`).
+            # A bare action name means its default strategy (`model="video_analysis"`). LiteLLM
+            # 1.106.2 follows an alias's deployments but not its target's `fallbacks`
+            # (BerriAI/litellm#10317), so the proxy's pre-call hook sends a bare action on as
+            # `<action>/default` (course_llm/proxy/hooks.py `default_group_of`); the facade
+            # always names the group.
             "model_group_alias": {action: group_name(action, DEFAULT_STRATEGY) for action in strategies},
         },
     }
