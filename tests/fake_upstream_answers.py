@@ -16,6 +16,13 @@ upstream dies); ``"no_finish"`` ends the body cleanly but sends no finish reason
 ``[DONE]`` (a truncated upstream stream). ``chunk_delay_ms`` waits before each streamed event, so a
 client has time to hang up in the middle.
 Token counts are estimates: ``max(1, characters // 4)`` of the prompt texts and of the reply.
+
+Schema-aware answers: ``json_reply=FIT_SCHEMA`` makes a model answer a request for JSON as an
+upstream that honours schemas does. Given a JSON schema (OpenAI ``response_format.json_schema``,
+Gemini ``responseSchema`` / ``responseJsonSchema``, Anthropic ``output_format`` or the
+``json_tool_call`` tool's ``input_schema``, whichever LiteLLM sent) it answers JSON made to fit that
+schema (`example_for`); asked for JSON with no schema (``json_object``, a bare JSON mime type) it
+answers ``NO_SCHEMA_REPLY``, a JSON object that fits no schema with a required property.
 """
 
 from __future__ import annotations
@@ -41,6 +48,75 @@ _ANTHROPIC_ERRORS |= {404: "not_found_error", 413: "request_too_large", 429: "ra
 _ANTHROPIC_ERRORS |= {529: "overloaded_error"}
 _GEMINI_ERRORS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED"}
 _GEMINI_ERRORS |= {404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+
+#: `json_reply` value that makes a model answer JSON fitting the schema of the request (module docstring).
+FIT_SCHEMA = "<fit the schema of the request>"
+#: What a FIT_SCHEMA model answers to a request for JSON that carries no schema.
+NO_SCHEMA_REPLY = '{"answer": "no schema was sent"}'
+
+
+def example_for(schema: Any, root: Any = None, depth: int = 0) -> Any:
+    """A value that fits the JSON schema `schema` ($refs resolved in `root`; nullable recursion stops).
+
+    Enough for the schemas Pydantic and LiteLLM's conversions of them produce, not all of JSON Schema.
+    """
+    root = schema if root is None else root
+    if not isinstance(schema, dict):
+        return None
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target.get(part) if isinstance(target, dict) else None
+        return example_for(target, root, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        options = [o for o in schema.get(key) or [] if isinstance(o, dict)]
+        concrete = [o for o in options if str(o.get("type", "")).lower() != "null"]
+        if options and (not concrete or (depth > 3 and len(concrete) < len(options))):
+            return None  # deep in a recursive model: the null branch ends it
+        if concrete:
+            return example_for(concrete[0], root, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if str(k).lower() != "null"), "null")
+    kind = str(kind or ("object" if "properties" in schema else "")).lower()
+    if schema.get("nullable") and depth > 3:
+        return None
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        return {name: example_for(sub, root, depth + 1) for name, sub in properties.items()}
+    if kind == "array":
+        count = max(1, int(schema.get("minItems") or 0))
+        item = example_for(schema.get("items") or {}, root, depth + 1)
+        return [f"{item}-{i}" if isinstance(item, str) else item for i in range(count)]
+    if kind == "string":
+        return "x" * max(7, int(schema.get("minLength") or 0))
+    if kind in ("integer", "number"):
+        return max(1, int(schema.get("minimum") or 0))
+    return True if kind == "boolean" else None
+
+
+def request_schema(provider: str, body: dict[str, Any]) -> Any:
+    """The JSON schema a request for JSON carries, in the provider's wire format; None without one."""
+    if provider == "openai":
+        spec = (body.get("response_format") or {}).get("json_schema") or {}
+        return spec.get("schema")
+    if provider == "gemini":
+        config = body.get("generationConfig") or {}
+        for key in ("responseJsonSchema", "response_json_schema", "responseSchema", "response_schema"):
+            if config.get(key) is not None:
+                return config[key]
+        return None
+    output = body.get("output_format") or (body.get("output_config") or {}).get("format") or {}
+    if output.get("schema") is not None:
+        return output["schema"]
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("name") == "json_tool_call"]
+    return tools[0].get("input_schema") if tools else None
 
 
 def estimate_tokens(text: str) -> int:
@@ -136,6 +212,9 @@ class FakeState:
         self.record(request, provider, model, body, status)
         if behaviour.delay_ms:
             await asyncio.sleep(behaviour.delay_ms / 1000)
+        if wants_json and behaviour.json_reply == FIT_SCHEMA:
+            schema = request_schema(provider, body)
+            return status, NO_SCHEMA_REPLY if schema is None else json.dumps(example_for(schema)), True
         if wants_json and behaviour.json_reply is not None:
             return status, behaviour.json_reply, True
         return status, behaviour.reply or f"fake answer from {model}", False

@@ -12,8 +12,6 @@ With `mock=True` (COURSE_LLM_MOCK=1) every deployment answers in-process from th
 
 from __future__ import annotations
 
-import json
-import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -23,13 +21,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import structlog
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from course_llm._litellm import flush_logging_worker, load_litellm
 from course_llm.errors import (
     AllModelsFailedError,
     CourseLLMError,
-    StructuredOutputError,
     UnknownActionError,
     UnknownProviderError,
 )
@@ -46,10 +43,10 @@ from course_llm.recording.secrets import register_secrets, secret_values_from
 from course_llm.recording.writer import RecordWriter
 from course_llm.routing.compiler import compile_router_config, group_name, parse_deployment_id
 from course_llm.routing.dispatch import ROUTER_ID_KEY, SDK_ROUTER_TAG, router_dispatch
-from course_llm.routing.mock_answers import expected_model
 from course_llm.routing.offline import install_offline_provider, missing_keys_note, offline_router_config
 from course_llm.routing.quiet_logs import facade_call
 from course_llm.routing.registry import DEFAULT_STRATEGY, Registry, load_registry
+from course_llm.routing.structured import parse_structured, structured_call
 from course_llm.scope import current_scope
 from course_llm.settings import Settings
 
@@ -60,8 +57,6 @@ log = structlog.get_logger()
 
 T = TypeVar("T", bound=BaseModel)
 Prompt = str | Sequence[Mapping[str, Any]]
-
-_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,27 +317,14 @@ class ModelRouter:
     ) -> LLMResponse:
         """Like `complete`, but the answer must be JSON fitting `schema`; `.parsed` holds it.
 
-        Raises StructuredOutputError carrying the raw text when the answer does not validate.
+        Each model is asked the way it supports (`structured.py`): native JSON schema where LiteLLM
+        says the model takes one, else JSON mode with the schema in the system prompt (and where the
+        caller passes its own `response_format`). Raises StructuredOutputError carrying the raw
+        text when the answer does not validate.
         """
-        instruction = (
-            "Reply with a single JSON object and nothing else. It must validate against this "
-            f"JSON Schema:\n{json.dumps(schema.model_json_schema(), separators=(',', ':'))}"
-        )
-        system = f"{system_prompt}\n\n{instruction}" if system_prompt else instruction
-        params.setdefault("response_format", {"type": "json_object"})
-        expecting = expected_model.set(schema)  # lets the offline mock answer with a fitting object
-        try:
+        with structured_call(schema, self.registry, system_prompt, params) as system:
             response = await self.complete(action, prompt, strategy=strategy, system_prompt=system, **params)
-        finally:
-            expected_model.reset(expecting)
-        text = response.content
-        match = _FENCE.match(text)
-        try:
-            parsed = schema.model_validate_json(match.group(1) if match else text)
-        except ValidationError as exc:
-            detail = exc.errors()[0]["msg"] if exc.errors() else str(exc)
-            raise StructuredOutputError(text, schema.__name__, detail, response.request_id) from exc
-        return replace(response, parsed=parsed)
+        return replace(response, parsed=parse_structured(response.content, schema, response.request_id))
 
 
 def create_model_router(
