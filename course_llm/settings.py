@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     max_attempts: int = Field(2, ge=1, le=10, description="attempts per model on transient errors")
     fallback_strategy: str | None = Field(None, description="strategy tried after the default chain")
     request_timeout_s: float = Field(600.0, gt=0, description="timeout of one upstream attempt")
+    max_retry_wait_s: float = Field(
+        5.0,
+        ge=0,
+        description="longest Retry-After waited for before a retry; a longer one moves on to the next model",
+    )
     spool_path: Path | None = Field(
         None,
         description="journal prefix: every row is appended here before its answer leaves "
@@ -76,6 +81,12 @@ class Settings(BaseSettings):
     mock: bool = Field(
         False,
         description="answer every model offline with the mock of `serve --mock` (no API keys, no network)",
+    )
+    response_preview_chars: int = Field(
+        0,
+        ge=0,
+        description="keep the first N characters of each answer in llm_calls.response_preview, "
+        "secrets masked (0: keep none)",
     )
     master_key: SecretStr | None = Field(
         None, validation_alias="LITELLM_MASTER_KEY", description="the proxy's key (LITELLM_MASTER_KEY)"

@@ -122,6 +122,26 @@ def test_fallback_strategy_follows_the_default_chain(small: Registry) -> None:
     assert settings["max_fallbacks"] == 2 + 2 + 1 - 1
 
 
+def test_context_window_and_content_policy_errors_walk_the_rest_of_the_chain_first(small: Registry) -> None:
+    """LiteLLM skips its order fallbacks for these errors (course_llm/routing/compiler.py
+    `_rest_of_chain`): their own lists name the chain's later order levels, then `fallbacks`."""
+    settings = compile_router_config(small, fallback_strategy="budget")["router_settings"]
+    rest = [
+        {"summarise/default": [{"model": "summarise/default", "_target_order": 2}, "summarise/budget"]},
+        {
+            "summarise/quality": [
+                {"model": "summarise/quality", "_target_order": 2},
+                "summarise/default",
+                "summarise/budget",
+            ]
+        },
+        {"summarise/budget": ["summarise/default"]},
+    ]
+    assert settings["context_window_fallbacks"] == rest
+    assert settings["content_policy_fallbacks"] == rest
+    assert settings["content_policy_fallbacks"] is not settings["context_window_fallbacks"]
+
+
 def test_a_bare_action_is_an_alias_of_its_default_group_and_keys_no_fallbacks(small: Registry) -> None:
     # Fallbacks listed under the bare name would make a request that fails everywhere walk the
     # default chain twice; the proxy renames a bare action instead (tests/test_routing_defaults.py).

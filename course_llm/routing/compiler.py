@@ -9,6 +9,8 @@ pinned by tests/test_routing.py.
 Retries: `num_retries = max_attempts - 1` attempts more on the same model for transient errors.
 Permanent errors (400, 401, 403, 404) are never retried: `course_llm._litellm` installs that rule,
 because LiteLLM's own `retry_policy` classifies by exception class, not by status code.
+Context-window and content-policy 400s move on down the chain like the others, through
+LiteLLM's `context_window_fallbacks` / `content_policy_fallbacks` (`_rest_of_chain` says why).
 Cooldowns are off: every request walks its chain in order, so each attempt is a row and the
 chain a user configured is the chain that runs. `disable_provider` is the run-time switch.
 
@@ -32,6 +34,7 @@ tests/test_litellm_workarounds.py pins both halves: the same `response_cost`, an
 
 from __future__ import annotations
 
+import copy
 from decimal import Decimal
 from typing import Any
 
@@ -100,6 +103,24 @@ def _fallback_strategies(strategy: str, fallback_strategy: str | None, available
     return [s for s in order if s is not None and s != strategy and s in available]
 
 
+def _rest_of_chain(group: str, chain_sizes: dict[str, int]) -> list[dict[str, Any]]:
+    """The chain's models after the first, as LiteLLM's own order fallbacks name them.
+
+    LiteLLM behaviour (litellm 1.106.2, router.py `async_function_with_fallbacks_common_utils`):
+    a failed attempt moves on to the group's next `order` level through fallback entries
+    `{"model": group, "_target_order": n}`, but not for `ContextWindowExceededError` and
+    `ContentPolicyViolationError` (`_skip_order_fallback`). Those follow `context_window_fallbacks`
+    / `content_policy_fallbacks` instead, and without them the cross-group `fallbacks`: so a
+    context-window 400 on a default chain's first model ended the request, and one on a quality
+    chain jumped to the default chain. Compiling both lists as the rest of the chain in the same
+    entry form, then the cross-group fallbacks, makes them walk on like any other permanent
+    error. An entry already tried for the request (a level reached by an ordinary failure
+    before) is skipped by LiteLLM (`run_async_fallback`, `attempted_targets`), so the same list
+    serves whichever level failed.
+    """
+    return [{"model": group, "_target_order": order} for order in range(2, chain_sizes[group] + 1)]
+
+
 def compile_router_config(
     registry: Registry,
     *,
@@ -128,6 +149,7 @@ def compile_router_config(
         model_list.extend(_deployment(action, strategy, i, m) for i, m in enumerate(models, start=1))
 
     fallbacks: list[dict[str, list[str]]] = []
+    same_chain_fallbacks: list[dict[str, list[Any]]] = []
     longest_walk = 1
     for action, available in strategies.items():
         for strategy in available:
@@ -136,6 +158,9 @@ def compile_router_config(
             ]
             if targets:
                 fallbacks.append({group_name(action, strategy): targets})
+            walk_on = _rest_of_chain(group_name(action, strategy), chain_sizes) + targets
+            if walk_on:
+                same_chain_fallbacks.append({group_name(action, strategy): walk_on})
             walk = chain_sizes[group_name(action, strategy)] + sum(chain_sizes[t] for t in targets)
             longest_walk = max(longest_walk, walk)
 
@@ -146,6 +171,10 @@ def compile_router_config(
             "retry_after": 0,
             "disable_cooldowns": True,
             "fallbacks": fallbacks,
+            # Context-window and content-policy 400s walk on like any permanent error: the rest of
+            # the chain, then the same cross-group fallbacks (`_rest_of_chain` says why).
+            "context_window_fallbacks": same_chain_fallbacks,
+            "content_policy_fallbacks": copy.deepcopy(same_chain_fallbacks),  # no YAML alias
             # Each model after the first is one fallback hop; allow the longest walk there is.
             "max_fallbacks": max(longest_walk - 1, 1),
             "timeout": timeout_s,
