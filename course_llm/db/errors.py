@@ -27,6 +27,7 @@ _TRANSIENT_SQLSTATES = (
     "40001",  # serialization failure
     "40P01",  # deadlock detected
     "42P01",  # undefined table: the database is not migrated yet (SQLite reports it as operational)
+    "42703",  # undefined column: the database is a migration behind the code (not the rows' fault)
     "53",  # insufficient resources: disk full, too many connections
     "55P03",  # lock not available
     "57",  # operator intervention: admin shutdown, crash recovery, cannot connect now

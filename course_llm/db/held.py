@@ -16,7 +16,7 @@ What the pool did for us, done here:
   database from a bad row exactly as before;
 - a connection found dead, a write cut by the caller's timeout or cancellation, and a connection
   made on another event loop are all dropped, and the next batch checks out a fresh one (the
-  pool's pre-ping then vouches for it);
+  pool's pre-ping tests it first);
 - `release()` returns the connection: the writer's task calls it whenever it stops.
 
 SQLite keeps the session per batch: its writes take the file lock, and a held connection would gain

@@ -161,13 +161,17 @@ def claim_orphans(prefix: Path, *, own: Path | None = None) -> list[Segment]:
     return claimed
 
 
+def _segment_path(prefix: Path, owner: str | None) -> Path:
+    return prefix.with_name(f"{prefix.name}.{owner or uuid.uuid4().hex[:16]}{_SUFFIX}")
+
+
 class Journal:
     """This writer's own segment: appends from any thread, reads for the database writer."""
 
     def __init__(self, prefix: Path, *, fsync: bool = False, owner: str | None = None) -> None:
         self.prefix = prefix
         self.fsync = fsync
-        self.path = prefix.with_name(f"{prefix.name}.{owner or uuid.uuid4().hex[:16]}{_SUFFIX}")
+        self.path = _segment_path(prefix, owner)
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._end = 0  # offset after the last whole row we wrote
@@ -277,6 +281,9 @@ class Journal:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
+            # A row appended after this (a late event after shutdown) opens a new segment: the
+            # closed one may hold rows left for the next process, which reopening it would erase.
+            self.path = _segment_path(self.prefix, None)
 
 
 def iter_segment_lines(path: Path) -> Iterator[bytes]:

@@ -244,7 +244,12 @@ class RecordWriter:
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=self._idle_exit_s)
                 except TimeoutError:
-                    return  # idle for long: the next submit() starts a new task
+                    # Idle for long: give the connection back and stop. A row that came while the
+                    # release awaited found this task alive and woke nobody, so look once more;
+                    # nothing is awaited between that look and the return.
+                    await self._sink.release()
+                    if not self._has_work():
+                        return  # the next submit() starts a new task
                 finally:
                     self._sleeping = False
                 if not self._closing:
