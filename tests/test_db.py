@@ -86,6 +86,9 @@ def make_record(**overrides: Any) -> CallRecord:
         "tenant_id": "acme",
         "operation": "grade_essay",
         "end_user": "user-42",
+        "system_prompt_hash": "a" * 64,
+        "user_prompt_hash": "b" * 64,
+        "response_preview": "The cell is the unit of life",
         "metadata": {"tags": {"course": "bio101", "week": 3}, "list": [1, 2.5, None, {"deep": True}]},
     }
     values.update(overrides)
@@ -147,7 +150,7 @@ def test_upgrade_database_twice_leaves_the_database_at_head(database_url: str) -
     upgrade_database(database_url)
     upgrade_database(database_url)
 
-    assert asyncio.run(_run_on(database_url, _current_revision)) == head_revision() == "0002"
+    assert asyncio.run(_run_on(database_url, _current_revision)) == head_revision() == "0003"
 
 
 async def test_upgrading_an_up_to_date_database_keeps_its_rows(
@@ -184,7 +187,7 @@ def test_the_alembic_command_migrates_the_database_named_in_the_environment(tmp_
     )
 
     assert run.returncode == 0, run.stderr
-    assert asyncio.run(_run_on(f"sqlite:///{database}", _current_revision)) == "0002"
+    assert asyncio.run(_run_on(f"sqlite:///{database}", _current_revision)) == head_revision()
 
 
 async def test_upgrade_database_refuses_to_run_inside_an_event_loop(tmp_path: Path) -> None:
@@ -537,4 +540,4 @@ def test_the_built_wheel_ships_migrations_that_upgrade_a_database(tmp_path: Path
 
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[-1] == str(site / "course_llm" / "_alembic")
-    assert asyncio.run(_run_on(f"sqlite:///{database}", _current_revision)) == "0002"
+    assert asyncio.run(_run_on(f"sqlite:///{database}", _current_revision)) == head_revision()

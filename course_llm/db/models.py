@@ -110,6 +110,10 @@ class LLMCall(Base):
     tenant_id: Mapped[str | None] = mapped_column(sa.String(128))
     operation: Mapped[str | None] = mapped_column(sa.String(128))
     end_user: Mapped[str | None] = mapped_column(sa.String(256))
+    # Added by migration 0003 (docs/architecture.md, "The llm_calls table").
+    system_prompt_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    user_prompt_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    response_preview: Mapped[str | None] = mapped_column(sa.Text())
     source: Mapped[str] = mapped_column(sa.String(16))
     # `metadata` is taken by DeclarativeBase (the MetaData object), hence the trailing underscore.
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON_TYPE, default=dict)

@@ -50,6 +50,7 @@ from course_llm.recording.callback import (
     litellm_tags,
     remember,
 )
+from course_llm.recording.prompts import set_preview_chars
 from course_llm.recording.records import CallRecord, new_id, status_code_of
 from course_llm.recording.rows import StreamEnd, metadata_of
 from course_llm.recording.writer import RecordWriter
@@ -101,6 +102,8 @@ class ProxyLogger(CallLogger):
     def __init__(self, settings: Settings) -> None:
         super().__init__(self._record, source="proxy")
         self.settings = settings
+        # The response preview's length is process-wide (recording/prompts.py).
+        set_preview_chars(settings.response_preview_chars)
         self._writer: RecordWriter | None = None
         self._session_factory: Any = None
         self._observers: list[Callable[[CallRecord], None]] = []

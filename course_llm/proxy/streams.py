@@ -37,6 +37,7 @@ from typing import Any
 import structlog
 
 from course_llm._litellm import load_litellm
+from course_llm.recording.prompts import stream_text
 from course_llm.recording.records import CallRecord, Source
 from course_llm.recording.rows import (
     REQUEST_ID_KEY,
@@ -53,8 +54,18 @@ log = structlog.get_logger()
 
 #: The call types that are chat completions (the only streams recorded here).
 CHAT_CALL_TYPES = frozenset({"acompletion", "completion"})
-#: What an owed attempt's row is built from (not the messages: they can be large).
-_ROW_KWARGS = ("metadata", "model_info", "model", "user", "stream", "litellm_trace_id", "litellm_call_id")
+#: What an owed attempt's row is built from. `messages` (for the prompt hashes) is a reference to
+#: the request's own list, not a copy; an owed entry lives as long as its request (max_tracked).
+_ROW_KWARGS = (
+    "metadata",
+    "model_info",
+    "model",
+    "user",
+    "stream",
+    "litellm_trace_id",
+    "litellm_call_id",
+    "messages",
+)
 #: An HTTP status in an error body the Router kept only as text (Google's and OpenAI's shapes).
 _STATUS_IN_TEXT = re.compile(r"\"code\"\s*:\s*\"?(\d{3})\b|\b(?:status[_ ]code|Error code)[=: ]+(\d{3})\b")
 
@@ -132,6 +143,7 @@ class StreamWatch:
             estimated=not upstream_usage,
             error=error,
             provider=str(provider) if provider else None,
+            text=stream_text(counted),
         )
 
 

@@ -93,6 +93,9 @@ STRING_FIELDS = (
     "tenant_id",
     "operation",
     "end_user",
+    "system_prompt_hash",
+    "user_prompt_hash",
+    "response_preview",
 )
 _string_values = operator.attrgetter(*STRING_FIELDS)
 _FLOAT_FIELDS = ("latency_ms", "cost_usd")

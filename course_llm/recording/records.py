@@ -78,6 +78,12 @@ class CallRecord:
     tenant_id: str | None = None
     operation: str | None = None
     end_user: str | None = None
+    # SHA-256 hex of the request's system / user text, and the opt-in start of the answer
+    # (course_llm/recording/prompts.py says which text). Defaults keep journal lines written
+    # before these columns existed decodable: `from_json` leaves the missing keys at None.
+    system_prompt_hash: str | None = None
+    user_prompt_hash: str | None = None
+    response_preview: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     id: uuid.UUID = field(default_factory=new_id)
 

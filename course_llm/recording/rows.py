@@ -8,7 +8,8 @@ No LiteLLM import and no I/O here, so every mapping is a plain function with pla
   kept for calls that never pass a path hook, such as cache hits;
 - `record_from_failure`: a failed attempt, from `async_post_call_failure_deployment_hook`;
 - `record_from_stream`: a streamed attempt, however it ended (`StreamEnd`), from the proxy.
-The attempt number is left at 0: the logger numbers attempts in the order it sees them.
+The attempt number is left at 0: the logger numbers attempts in the order it sees them. Every
+row gets the request's prompt hashes, a success its response preview (`prompts.py`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeGuard
 
+from course_llm.recording.prompts import prompt_hashes, response_preview, response_text
 from course_llm.recording.records import CallRecord, Source, redact, status_code_of
 from course_llm.routing.compiler import parse_deployment_id
 from course_llm.routing.registry import DEFAULT_STRATEGY
@@ -224,6 +226,7 @@ def record_from_success(
     slo_metadata = slo.get("metadata") or {}
     end_user = kwargs.get("user") or params.get("user") or slo.get("end_user")
     end_user = end_user or slo_metadata.get("user_api_key_end_user_id")
+    system_hash, user_hash = prompt_hashes(kwargs.get("messages") or slo.get("messages"))
     return CallRecord(
         request_id=success_request_id(kwargs),
         attempt=0,
@@ -243,6 +246,9 @@ def record_from_success(
         tenant_id=tenant,
         operation=operation,
         end_user=str(end_user) if end_user else None,
+        system_prompt_hash=system_hash,
+        user_prompt_hash=user_hash,
+        response_preview=response_preview(response_text(response_obj)),
         source=source,
         metadata=extra,
     )
@@ -274,6 +280,7 @@ def _attempt(
     tenant, operation, extra = _attribution(metadata)
     end_user = request_data.get("user") or metadata.get("user_api_key_end_user_id")
     provider = info.get("course_llm_provider") or provider or details.get("custom_llm_provider") or ""
+    system_hash, user_hash = prompt_hashes(request_data.get("messages"))
     return CallRecord(
         request_id=request_id_of(
             metadata, request_data.get("litellm_trace_id"), request_data.get("litellm_call_id")
@@ -291,6 +298,8 @@ def _attempt(
         tenant_id=tenant,
         operation=operation,
         end_user=str(end_user) if end_user else None,
+        system_prompt_hash=system_hash,
+        user_prompt_hash=user_hash,
         source=source,
         metadata=extra,
     )
@@ -335,6 +344,7 @@ def record_from_deployment_success(
     if record.cost_usd is None and isinstance(hidden.get("response_cost"), int | float):
         record.cost_usd = float(hidden["response_cost"])
     record.cache_hit = bool(hidden.get("cache_hit"))
+    record.response_preview = response_preview(response_text(response))
     return record
 
 
@@ -344,7 +354,8 @@ class StreamEnd:
 
     `model_info` and `started` are the serving deployment's; `tokens_in`/`tokens_out` count what
     was received (the upstream's own usage, else LiteLLM's count: `estimated`). `error_class`
-    names the error when `error` only stands in for one that LiteLLM kept as text.
+    names the error when `error` only stands in for one that LiteLLM kept as text. `text` is what
+    the stream delivered (`prompts.stream_text`), for the response preview.
     """
 
     outcome: StreamOutcome
@@ -356,6 +367,7 @@ class StreamEnd:
     error: BaseException | None = None
     provider: str | None = None
     error_class: str | None = None
+    text: str | None = None
 
 
 def record_from_stream(
@@ -378,6 +390,7 @@ def record_from_stream(
     record.stream = True
     record.tokens_in, record.tokens_out = end.tokens_in, end.tokens_out
     record.cost_usd = registry_cost(end.model_info, end.tokens_in, end.tokens_out)
+    record.response_preview = response_preview(end.text)
     if end.estimated and (end.tokens_in is not None or end.tokens_out is not None):
         record.metadata["usage_estimated"] = True
     if end.outcome == "incomplete":

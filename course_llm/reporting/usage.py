@@ -126,6 +126,9 @@ CALL_COLUMNS: tuple[str, ...] = (
     "tenant_id",
     "operation",
     "end_user",
+    "system_prompt_hash",
+    "user_prompt_hash",
+    "response_preview",
     "source",
     "metadata",
 )

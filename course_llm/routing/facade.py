@@ -38,6 +38,7 @@ from course_llm.recording.callback import (
     CallLogger,
     litellm_tags,
 )
+from course_llm.recording.prompts import set_preview_chars
 from course_llm.recording.records import CallRecord, new_id, utcnow
 from course_llm.recording.secrets import register_secrets, secret_values_from
 from course_llm.recording.writer import RecordWriter
@@ -345,6 +346,8 @@ def create_model_router(
     registry = registry or load_registry(settings.registry_path)
     # Provider keys, the master key and the database password are masked in every row and log.
     register_secrets(secret_values_from(settings, registry))
+    # The response preview's length is process-wide, like the secrets (recording/prompts.py).
+    set_preview_chars(settings.response_preview_chars)
     writer = (
         RecordWriter(
             session_factory,
