@@ -31,6 +31,7 @@ course_llm's callback get them (the callback imports course_llm once LiteLLM's p
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import inspect
 import os
@@ -69,6 +70,17 @@ def load_litellm() -> ModuleType:
     _install_retry_wait_bound(Router)
     install_proxy_workarounds()
     return litellm
+
+
+@functools.cache
+def pricing_parameters() -> frozenset[str]:
+    """Every per-request pricing key LiteLLM takes from a call's arguments (litellm 1.106.2:
+    `CustomPricingLiteLLMParams`, read by main.py `_register_custom_pricing_for_request`, which
+    registers them process-wide). Derived from LiteLLM's own class, so a new key is covered."""
+    load_litellm()
+    from litellm.types.utils import CustomPricingLiteLLMParams
+
+    return frozenset(CustomPricingLiteLLMParams.model_fields)
 
 
 def _install_status_code_retry_rule(router_class: Any) -> None:

@@ -224,6 +224,12 @@ OTHER_ENDPOINTS = [
         "'num_retries'",
         path="/v1/responses",
     ),
+    refused(
+        "responses_cache_price",
+        {"model": MANY, "input": "hi", "cache_read_input_token_cost": 0},
+        "'cache_read_input_token_cost'",
+        path="/v1/responses",
+    ),
     refused("responses_a_list", [{"model": MANY}], "not a list", path="/v1/responses"),
     refused(
         "completions_with_messages",

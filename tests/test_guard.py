@@ -227,7 +227,19 @@ def test_text_completions_have_their_own_allow_list() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["mock_response", "api_base", "num_retries", "fallbacks", "mock_x", "litellm_y"]
+    "name",
+    [
+        "mock_response",
+        "api_base",
+        "num_retries",
+        "fallbacks",
+        "mock_x",
+        "litellm_y",
+        # LiteLLM registers a call's own prices process-wide (not just input/output per token).
+        "cache_read_input_token_cost",
+        "input_cost_per_second",
+        "output_cost_per_token_batches",
+    ],
 )
 def test_other_llm_endpoints_refuse_litellm_controls(name: str) -> None:
     refusal = controls_refusal({"model": "text_processing", "input": "hi", name: 1})
@@ -440,3 +452,12 @@ async def test_a_refused_request_cannot_claim_another_requests_failures(tmp_path
     assert len(rows) == 1 and logger._failures[victim] == rows
     answer = await logger.async_post_call_failure_hook(data, HTTPException(503), None)
     assert isinstance(answer, HTTPException) and f"(request {victim})" in str(answer.detail)
+
+
+def test_the_refused_prices_are_litellm_s_own_list() -> None:
+    from course_llm._litellm import pricing_parameters
+
+    prices = pricing_parameters()
+    # What LiteLLM 1.106.2 reads as a call's prices; if these go, the list came from elsewhere.
+    assert {"input_cost_per_token", "output_cost_per_token", "cache_read_input_token_cost"} <= prices
+    assert len(prices) > 20 and "model" not in prices and "input" not in prices

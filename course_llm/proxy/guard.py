@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import orjson
 
+from course_llm._litellm import pricing_parameters
 from course_llm.errors import UnknownActionError
 from course_llm.recording.rows import split_group
 
@@ -378,7 +379,8 @@ def controls_refusal(body: Mapping[str, Any], *, prefixed: bool = True) -> Refus
     """For the other LLM endpoints (responses, messages, embeddings …): refuse LiteLLM's controls
     (and, unless `prefixed` is False, any `mock_…` or `litellm_…` key)."""
     prefixes = _CONTROL_PREFIXES if prefixed else ()
-    found = [k for k in body if k in LITELLM_CONTROLS or str(k).startswith(prefixes)]
+    pricing = pricing_parameters()  # a client's price would be registered for every later call
+    found = [k for k in body if k in LITELLM_CONTROLS or k in pricing or str(k).startswith(prefixes)]
     if not found:
         return None
     shown = ", ".join(_name(name) for name in sorted(found, key=str)[:_NAMES_SHOWN])
