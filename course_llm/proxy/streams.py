@@ -37,7 +37,7 @@ from typing import Any
 import structlog
 
 from course_llm._litellm import load_litellm
-from course_llm.recording.prompts import stream_text
+from course_llm.recording.prompts import preview_chars, stream_text
 from course_llm.recording.records import CallRecord, Source
 from course_llm.recording.rows import (
     REQUEST_ID_KEY,
@@ -143,7 +143,8 @@ class StreamWatch:
             estimated=not upstream_usage,
             error=error,
             provider=str(provider) if provider else None,
-            text=stream_text(counted),
+            # Joining every chunk's text only when a preview is kept (off by default).
+            text=stream_text(counted) if preview_chars() else None,
         )
 
 

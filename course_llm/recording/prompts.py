@@ -44,6 +44,7 @@ from course_llm.recording.secrets import mask_secrets
 __all__ = [
     "message_text",
     "preview_chars",
+    "preview_of",
     "prompt_hashes",
     "response_preview",
     "response_text",
@@ -164,3 +165,11 @@ def response_preview(text: str | None, chars: int | None = None) -> str | None:
     if limit <= 0 or text is None:
         return None
     return mask_secrets(text[: 4 * limit + 256])[:limit]
+
+
+def preview_of(response: Any) -> str | None:
+    """The preview of a chat completion's answer; no work at all while previews are off (the
+    default), since every recorded success passes here."""
+    if _preview_chars <= 0:
+        return None
+    return response_preview(response_text(response))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeGuard
 
-from course_llm.recording.prompts import prompt_hashes, response_preview, response_text
+from course_llm.recording.prompts import preview_of, prompt_hashes, response_preview
 from course_llm.recording.records import CallRecord, Source, redact, status_code_of
 from course_llm.routing.compiler import parse_deployment_id
 from course_llm.routing.registry import DEFAULT_STRATEGY
@@ -248,7 +248,7 @@ def record_from_success(
         end_user=str(end_user) if end_user else None,
         system_prompt_hash=system_hash,
         user_prompt_hash=user_hash,
-        response_preview=response_preview(response_text(response_obj)),
+        response_preview=preview_of(response_obj),
         source=source,
         metadata=extra,
     )
@@ -344,7 +344,7 @@ def record_from_deployment_success(
     if record.cost_usd is None and isinstance(hidden.get("response_cost"), int | float):
         record.cost_usd = float(hidden["response_cost"])
     record.cache_hit = bool(hidden.get("cache_hit"))
-    record.response_preview = response_preview(response_text(response))
+    record.response_preview = preview_of(response)
     return record
 
 
