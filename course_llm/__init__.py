@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from course_llm.errors import (
     AllModelsFailedError,
+    BudgetExceededError,
     CourseLLMError,
     FailedAttempt,
     RegistryError,
@@ -53,6 +54,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AllModelsFailedError",
+    "BudgetExceededError",
     "CourseLLMError",
     "FailedAttempt",
     "LLMResponse",

@@ -5,6 +5,7 @@
     ├── UnknownActionError       (also LookupError) the action or strategy is not in the registry
     ├── AllModelsFailedError     every model of every chain tried for a request failed
     ├── StructuredOutputError    the model answered, but not with JSON that fits the schema
+    ├── BudgetExceededError      a budget of the registry is spent and refuses more requests
     ├── UnknownProviderError     (also LookupError) no model of the registry uses that provider
     └── UsageQueryError          (also ValueError) a usage filter or group key is invalid
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 
 class CourseLLMError(Exception):
@@ -117,6 +119,24 @@ class StructuredOutputError(CourseLLMError):
         self.detail = detail
         self.request_id = request_id
         super().__init__(f"answer does not fit {schema}: {detail}")
+
+
+class BudgetExceededError(CourseLLMError):
+    """A budget with `on_limit: reject` is spent; nothing was sent upstream and no row written.
+
+    `budget` is its name in the registry, `spent_usd` what the rows of its period say, `limit_usd`
+    its limit and `resets_at` (timezone-aware UTC) when its period ends.
+    """
+
+    def __init__(self, budget: str, spent_usd: float, limit_usd: float, resets_at: datetime) -> None:
+        self.budget = budget
+        self.spent_usd = spent_usd
+        self.limit_usd = limit_usd
+        self.resets_at = resets_at
+        super().__init__(
+            f"budget {budget!r} is spent: {spent_usd:.4f} of {limit_usd:.4f} USD; "
+            f"it resets at {resets_at.isoformat()}"
+        )
 
 
 class UsageQueryError(CourseLLMError, ValueError):

@@ -17,6 +17,7 @@ CONTRACT = {
     "ModelRouter",
     "LLMResponse",
     "AllModelsFailedError",
+    "BudgetExceededError",
     "StructuredOutputError",
     "UnknownActionError",
     "RegistryError",

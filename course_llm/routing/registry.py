@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from course_llm.errors import RegistryError, UnknownActionError
+from course_llm.routing.sections import BudgetConfig, CacheConfig, CircuitBreakerConfig, check_sections
 
 DEFAULT_STRATEGY = "default"
 
@@ -116,6 +117,9 @@ class Registry(_Strict):
     models: dict[str, ModelConfig] = Field(min_length=1)
     actions: dict[str, ActionConfig] = Field(min_length=1)
     routing: dict[str, dict[str, list[str]]]
+    cache: CacheConfig | None = None
+    budgets: dict[str, BudgetConfig] = Field(default_factory=dict)
+    circuit_breaker: CircuitBreakerConfig | None = None
 
     @model_validator(mode="after")
     def _cross_check(self) -> Self:
@@ -154,6 +158,7 @@ def _check_rules(registry: Registry) -> Iterator[tuple[str, str]]:
             yield f"actions.{action}", "action names are lower_snake_case"
         if action not in registry.routing:
             yield f"routing.{action}", f"action {action!r} has no routing"
+    yield from check_sections(registry.budgets, registry.actions)
     for action, chains in registry.routing.items():
         if action not in registry.actions:
             yield f"routing.{action}", f"unknown action {action!r}"
