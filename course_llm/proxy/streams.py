@@ -149,10 +149,17 @@ class StreamWatch:
 
 
 def _hidden_usage(chunk: Any) -> tuple[int | None, int | None] | None:
+    """The usage LiteLLM keeps on a chunk's hidden params when the client asked for none.
+
+    All zeros is not a count: on a chain of several models (a group with `order` levels) LiteLLM
+    1.106.2 strips the upstream's usage chunk from what the client gets and leaves a zero
+    `Usage` on the last chunk's hidden params; taken as the count, every such streamed row said
+    0 tokens and cost 0. The stream's own chunk list still holds the upstream's usage (`end`).
+    """
     hidden = getattr(chunk, "_hidden_params", None)
     usage = hidden.get("usage") if isinstance(hidden, Mapping) else None
     counts = usage_of(SimpleNamespace(usage=usage)) if usage is not None else None
-    return counts if counts and counts != (None, None) else None
+    return counts if counts and any(counts) else None
 
 
 def _has_usage(chunks: list[Any]) -> bool:
