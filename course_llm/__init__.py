@@ -28,7 +28,8 @@ from course_llm.settings import Settings
 if TYPE_CHECKING:
     from course_llm.db import create_session_factory
     from course_llm.recording.tracking import flush_tracked_calls, track_llm_call
-    from course_llm.routing.facade import LLMResponse, ModelRouter, complete, create_model_router
+    from course_llm.routing.facade import LLMResponse, ModelRouter
+    from course_llm.routing.factory import complete, create_model_router
 
 __version__ = _version("course-llm")
 
@@ -36,8 +37,8 @@ __version__ = _version("course-llm")
 _LAZY = {
     "LLMResponse": "course_llm.routing.facade",
     "ModelRouter": "course_llm.routing.facade",
-    "complete": "course_llm.routing.facade",
-    "create_model_router": "course_llm.routing.facade",
+    "complete": "course_llm.routing.factory",
+    "create_model_router": "course_llm.routing.factory",
     "create_session_factory": "course_llm.db",
     "track_llm_call": "course_llm.recording.tracking",
     "flush_tracked_calls": "course_llm.recording.tracking",

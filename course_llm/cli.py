@@ -220,7 +220,7 @@ StrategyOption = Annotated[str | None, typer.Option(help="only this requested st
 ServedOption = Annotated[str | None, typer.Option("--served-strategy", help="only this served strategy")]
 ProviderOption = Annotated[str | None, typer.Option(help="only this provider")]
 ModelOption = Annotated[str | None, typer.Option("--model-id", "--model", help="only this registry model id")]
-StatusOption = Annotated[str | None, typer.Option(help="success or error")]
+StatusOption = Annotated[str | None, typer.Option(help="success, error or cached (answered from the cache)")]
 TenantOption = Annotated[str | None, typer.Option("--tenant-id", "--tenant", help="only this tenant id")]
 OperationOption = Annotated[str | None, typer.Option(help="only this operation")]
 RequestOption = Annotated[

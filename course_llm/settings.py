@@ -88,6 +88,9 @@ class Settings(BaseSettings):
         description="keep the first N characters of each answer in llm_calls.response_preview, "
         "secrets masked (0: keep none)",
     )
+    redis_url: SecretStr | None = Field(
+        None, description="redis://… for the registry's `cache: {type: redis}` (and, later, shared state)"
+    )
     master_key: SecretStr | None = Field(
         None, validation_alias="LITELLM_MASTER_KEY", description="the proxy's key (LITELLM_MASTER_KEY)"
     )

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from course_llm.recording.callback import CallLogger
+from course_llm.recording.payload import split_group
 from course_llm.recording.records import CallRecord, redact
 from course_llm.recording.rows import (
     StreamEnd,
@@ -23,7 +24,6 @@ from course_llm.recording.rows import (
     record_from_failure,
     record_from_stream,
     record_from_success,
-    split_group,
 )
 
 MODEL_INFO = {
@@ -444,7 +444,7 @@ async def test_a_claimed_request_s_late_success_event_builds_no_row(monkeypatch:
     logger.claim("trace-1")
     await logger.async_log_success_event(success_kwargs(), None, None, datetime.now())
     assert built == []
-    from course_llm.recording.rows import REQUEST_ID_KEY
+    from course_llm.recording.payload import REQUEST_ID_KEY
 
     unclaimed = success_kwargs(**{REQUEST_ID_KEY: "request-2"})
     await logger.async_log_success_event(unclaimed, None, None, datetime.now())
@@ -464,7 +464,7 @@ async def test_a_bad_payload_never_raises_from_the_path_success_hook(payload: An
     [("acme", "acme"), (42, "42"), (float("nan"), None), ({"a": 1}, None), ([1], None), (True, None)],
 )
 def test_only_text_or_integer_attribution_becomes_a_label(given: Any, stored: str | None) -> None:
-    from course_llm.recording.rows import _attribution
+    from course_llm.recording.payload import attribution
 
-    tenant, operation, _ = _attribution({"tenant_id": given, "operation": given})
+    tenant, operation, _ = attribution({"tenant_id": given, "operation": given})
     assert (tenant, operation) == (stored, stored)

@@ -56,6 +56,7 @@ EXPECTED_INDEXES = {
     "ix_llm_calls_model_id_created_at": ["model_id", "created_at"],
     "ix_llm_calls_provider_created_at": ["provider", "created_at"],
     "ix_llm_calls_request_id": ["request_id"],
+    "ix_llm_calls_cache_hit_created_at": ["created_at"],  # WHERE cache_hit (migration 0004)
 }
 
 Factory = async_sessionmaker[AsyncSession]
@@ -150,7 +151,7 @@ def test_upgrade_database_twice_leaves_the_database_at_head(database_url: str) -
     upgrade_database(database_url)
     upgrade_database(database_url)
 
-    assert asyncio.run(_run_on(database_url, _current_revision)) == head_revision() == "0003"
+    assert asyncio.run(_run_on(database_url, _current_revision)) == head_revision() == "0004"
 
 
 async def test_upgrading_an_up_to_date_database_keeps_its_rows(

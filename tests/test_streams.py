@@ -16,8 +16,9 @@ import pytest
 
 from course_llm._litellm import load_litellm
 from course_llm.proxy.streams import StreamAttempts, StreamWatch, recorded_stream
+from course_llm.recording.payload import REQUEST_ID_KEY
 from course_llm.recording.records import CallRecord
-from course_llm.recording.rows import REQUEST_ID_KEY, StreamEnd
+from course_llm.recording.rows import StreamEnd
 
 load_litellm()
 from litellm.types.utils import Delta, ModelResponseStream, StreamingChoices, Usage  # noqa: E402

@@ -62,7 +62,7 @@ COLUMNS = TABLE.c
 Columns = sa.ColumnCollection[str, sa.ColumnElement[Any]] | Any
 
 #: Filters that are plain equality on the column of the same name: all but the time bounds and
-#: `status` (which is `success`).
+#: `status` (which is `success`, or `cache_hit` for "cached").
 _EQUALITY_FILTERS = tuple(name for name in FILTER_NAMES if name not in ("since", "until", "status"))
 
 #: Newest first; the id (uuid7, time-ordered) breaks ties so pages never overlap or skip rows.
@@ -123,6 +123,8 @@ def conditions(
         where.append(columns.success == sa.true())
     elif status and filters.status == "error":
         where.append(columns.success == sa.false())
+    elif status and filters.status == "cached":
+        where.append(columns.cache_hit == sa.true())
     return where
 
 

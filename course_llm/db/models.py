@@ -86,6 +86,13 @@ class LLMCall(Base):
         sa.Index("ix_llm_calls_provider_created_at", "provider", "created_at"),
         # `/usage/requests/{request_id}` reads every attempt of one request.
         sa.Index("ix_llm_calls_request_id", "request_id"),
+        # `status=cached` pages and summaries read only the (few) cache hits (alembic 0004).
+        sa.Index(
+            "ix_llm_calls_cache_hit_created_at",
+            "created_at",
+            postgresql_where=sa.text("cache_hit"),
+            sqlite_where=sa.text("cache_hit"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid(), primary_key=True, default=new_id)

@@ -115,6 +115,8 @@ def _per_request(filters: UsageFilters) -> sa.Select[Any]:
     succeeded = sa.func.max(sa.case((COLUMNS.success == sa.true(), 1), else_=0))
     in_range = conditions(UsageFilters(since=filters.since, until=filters.until))
     others = conditions(dataclasses.replace(filters, since=None, until=None), status=False)
+    if filters.status == "cached":  # requests with an answer from the cache (always a success)
+        others.append(COLUMNS.cache_hit == sa.true())
     # Filters beyond the range pick requests by any of their attempts in it.
     picked = (
         [COLUMNS.request_id.in_(sa.select(COLUMNS.request_id).where(*in_range, *others))] if others else []
@@ -152,7 +154,7 @@ def _per_request(filters: UsageFilters) -> sa.Select[Any]:
     per_request = sa.select(
         inside.c.request_id.label("request_id"), started_at.label("started_at"), outcome.label("succeeded")
     ).select_from(source)
-    if filters.status is not None:  # the request's final outcome
+    if filters.status in ("success", "error"):  # the request's final outcome
         per_request = per_request.where(outcome == (1 if filters.status == "success" else 0))
     return per_request
 

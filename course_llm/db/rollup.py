@@ -43,8 +43,9 @@ _COUNTS = ("calls", "failures", "successes", "fallbacks", "tokens_in", "tokens_o
 
 
 def servable(filters: UsageFilters, group_by: Sequence[str]) -> bool:
-    """Whether the aggregates can answer this summary (a request id or an end-user group cannot)."""
-    return filters.request_id is None and all(key in _KEYS for key in group_by)
+    """Whether the aggregates can answer this summary (a request id, cache hits (they have no
+    `cache_hit` column) or an end-user group cannot)."""
+    return filters.request_id is None and filters.status != "cached" and all(key in _KEYS for key in group_by)
 
 
 #: Engines whose database has the aggregate tables (only a yes is remembered: an upgrade adds them).

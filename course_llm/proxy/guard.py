@@ -27,7 +27,7 @@ import orjson
 
 from course_llm._litellm import pricing_parameters
 from course_llm.errors import UnknownActionError
-from course_llm.recording.rows import split_group
+from course_llm.recording.payload import split_group
 
 #: The OpenAI chat-completion parameters a client may send, plus `metadata` (attribution).
 CHAT_PARAMETERS = frozenset(

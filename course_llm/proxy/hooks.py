@@ -50,9 +50,10 @@ from course_llm.recording.callback import (
     litellm_tags,
     remember,
 )
+from course_llm.recording.payload import metadata_of
 from course_llm.recording.prompts import set_preview_chars
 from course_llm.recording.records import CallRecord, new_id, status_code_of
-from course_llm.recording.rows import StreamEnd, metadata_of
+from course_llm.recording.rows import StreamEnd
 from course_llm.recording.writer import RecordWriter
 from course_llm.routing.compiler import group_name
 from course_llm.routing.registry import DEFAULT_STRATEGY

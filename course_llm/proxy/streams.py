@@ -37,18 +37,10 @@ from typing import Any
 import structlog
 
 from course_llm._litellm import load_litellm
+from course_llm.recording.payload import REQUEST_ID_KEY, as_utc, call_details, metadata_of, usage_of
 from course_llm.recording.prompts import preview_chars, stream_text
 from course_llm.recording.records import CallRecord, Source
-from course_llm.recording.rows import (
-    REQUEST_ID_KEY,
-    StreamEnd,
-    StreamOutcome,
-    as_utc,
-    call_details,
-    metadata_of,
-    record_from_stream,
-    usage_of,
-)
+from course_llm.recording.rows import StreamEnd, StreamOutcome, record_from_stream
 
 log = structlog.get_logger()
 
@@ -134,6 +126,12 @@ class StreamWatch:
             tokens = _count(counted, self.request_data.get("messages"))
         upstream_usage = self.final_usage is not None if raw_chunks is None else _has_usage(raw_chunks)
         provider = details.get("custom_llm_provider")
+        # A stream replayed from LiteLLM's response cache (caching/caching_handler.py: the
+        # Logging object's `caching_details`, and the wrapper's provider "cached_response").
+        caching = getattr(self.logging_obj, "caching_details", None)
+        cache_hit = bool(caching.get("cache_hit") if isinstance(caching, Mapping) else False) or (
+            getattr(response, "custom_llm_provider", None) == "cached_response"
+        )
         return StreamEnd(
             outcome=outcome,
             model_info=model_info,
@@ -142,7 +140,8 @@ class StreamWatch:
             tokens_out=tokens[1] if tokens else None,
             estimated=not upstream_usage,
             error=error,
-            provider=str(provider) if provider else None,
+            provider=str(provider) if provider and not cache_hit else None,
+            cache_hit=cache_hit,
             # Joining every chunk's text only when a preview is kept (off by default).
             text=stream_text(counted) if preview_chars() else None,
         )

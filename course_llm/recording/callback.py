@@ -26,8 +26,7 @@ from typing import Any, TypeVar
 import structlog
 
 from course_llm._litellm import load_litellm
-from course_llm.recording.records import CallRecord, Source
-from course_llm.recording.rows import (
+from course_llm.recording.payload import (
     EXTRA_KEY,
     REQUEST_ID_KEY,
     ROUTER_TAG,
@@ -35,12 +34,15 @@ from course_llm.recording.rows import (
     as_utc,
     litellm_tags,
     metadata_of,
-    record_from_deployment_success,
-    record_from_failure,
-    record_from_success,
     registry_cost,
     request_id_of,
     split_group,
+)
+from course_llm.recording.records import CallRecord, Source
+from course_llm.recording.rows import (
+    record_from_deployment_success,
+    record_from_failure,
+    record_from_success,
     success_request_id,
 )
 

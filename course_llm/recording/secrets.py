@@ -230,7 +230,7 @@ def secret_values_from(
     registry: Registry | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> set[str]:
-    """The values to mask: each registry model's key, the master key, the database password."""
+    """The values to mask: each registry model's key, the master key, the database and Redis passwords."""
     env = os.environ if environ is None else environ
     values: set[str] = set()
     if registry is not None:
@@ -239,6 +239,8 @@ def secret_values_from(
         if settings.master_key is not None:
             values.add(settings.master_key.get_secret_value())
         values.add(database_password(settings.database_url) or "")
+        if settings.redis_url is not None:
+            values.add(urlsplit(settings.redis_url.get_secret_value()).password or "")
     values.add(env.get("LITELLM_MASTER_KEY", ""))
     values.discard("")
     return values

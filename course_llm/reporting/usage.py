@@ -133,7 +133,7 @@ CALL_COLUMNS: tuple[str, ...] = (
     "metadata",
 )
 
-STATUSES = ("success", "error")
+STATUSES = ("success", "error", "cached")
 MAX_PAGE_SIZE = 1000
 #: Highest page number: (MAX_PAGE - 1) × MAX_PAGE_SIZE is an OFFSET every database takes.
 MAX_PAGE = 1_000_000_000
@@ -153,7 +153,7 @@ class UsageFilters:
     """Which llm_calls rows a report covers; None means "any". All given filters must hold.
 
     `since` is inclusive and `until` exclusive (`since <= created_at < until`), both aware
-    datetimes. `status` is "success" or "error".
+    datetimes. `status` is "success", "error" or "cached" (answered from the response cache).
     """
 
     since: datetime | None = None
@@ -163,7 +163,7 @@ class UsageFilters:
     served_strategy: str | None = None
     provider: str | None = None
     model_id: str | None = None
-    status: Literal["success", "error"] | None = None
+    status: Literal["success", "error", "cached"] | None = None
     tenant_id: str | None = None
     operation: str | None = None
     request_id: str | None = None
@@ -225,7 +225,7 @@ def parse_filters(**raw: str | None) -> UsageFilters:
     """`UsageFilters` from raw strings keyed by filter name; None and blank values mean "any".
 
     Raises `UsageQueryError` for an unknown filter name, a time that is neither ISO 8601 nor a
-    span, a status other than success|error, or `since` later than `until`.
+    span, a status other than success|error|cached, or `since` later than `until`.
     """
     return filters_from(raw)
 

@@ -39,12 +39,15 @@ from decimal import Decimal
 from typing import Any
 
 from course_llm.routing.registry import DEFAULT_STRATEGY, ModelConfig, Registry
+from course_llm.routing.sections import CacheConfig
 
 #: LiteLLM resolves this dotted path to the proxy's logger instance (course_llm/proxy/callback.py).
 PROXY_CALLBACK = "course_llm.proxy.callback.logger"
 #: The proxy's auth function: the master key only, 401 otherwise (course_llm/proxy/auth.py).
 PROXY_AUTH = "course_llm.proxy.auth.user_api_key_auth"
 MASTER_KEY_REF = "os.environ/LITELLM_MASTER_KEY"
+#: Where the proxy's Redis response cache finds its server (settings.py `redis_url`).
+REDIS_URL_ENV = "COURSE_LLM_REDIS_URL"
 
 
 def group_name(action: str, strategy: str) -> str:
@@ -199,15 +202,21 @@ def compile_proxy_config(
     router = compile_router_config(
         registry, max_attempts=max_attempts, fallback_strategy=fallback_strategy, timeout_s=timeout_s
     )
+    litellm_settings: dict[str, Any] = {
+        "callbacks": [PROXY_CALLBACK],
+        # Parameters a provider does not support (e.g. response_format on some models) are
+        # dropped rather than failing the attempt.
+        "drop_params": True,
+    }
+    if registry.cache is not None:
+        litellm_settings.update(cache=True, cache_params=_cache_params(registry.cache))
+        # LiteLLM's Router passes `caching=<cache_responses>` to every call, and False bypasses
+        # the proxy's cache: without this the cache above is never read.
+        router["router_settings"]["cache_responses"] = True
     return {
         "model_list": router["model_list"],
         "router_settings": router["router_settings"],
-        "litellm_settings": {
-            "callbacks": [PROXY_CALLBACK],
-            # Parameters a provider does not support (e.g. response_format on some models) are
-            # dropped rather than failing the attempt.
-            "drop_params": True,
-        },
+        "litellm_settings": litellm_settings,
         "general_settings": {
             "master_key": MASTER_KEY_REF,
             "custom_auth": PROXY_AUTH,
@@ -216,6 +225,14 @@ def compile_proxy_config(
             "trusted_proxy_ranges": [],
         },
     }
+
+
+def _cache_params(cache: CacheConfig) -> dict[str, Any]:
+    """LiteLLM's `cache_params`: the registry's type and TTL; Redis at COURSE_LLM_REDIS_URL."""
+    params: dict[str, Any] = {"type": cache.type, "ttl": cache.ttl_s}
+    if cache.type == "redis":
+        params["url"] = f"os.environ/{REDIS_URL_ENV}"
+    return params
 
 
 def render_proxy_config(config: dict[str, Any], source: str) -> str:

@@ -1,8 +1,8 @@
 """The Python facade: ask for an action and a strategy, get an answer and what it cost.
 
-`create_model_router(settings, session_factory)` loads the registry, compiles it into a LiteLLM
-Router and registers the router with the process's one SDK CallLogger (`dispatch.py`), which hands
-the rows of its calls to its background RecordWriter (when a session factory is given). Routing,
+A `ModelRouter` compiles its registry into a LiteLLM Router and registers with the process's one
+SDK CallLogger (`dispatch.py`), which hands the rows of its calls to the router's background
+RecordWriter (when it has one; `factory.py` builds both from the settings). Routing,
 retries and fallbacks are LiteLLM's, configured by the compiler; this module turns a request into
 a Router call and the outcome into an LLMResponse or an error.
 
@@ -23,7 +23,12 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 import structlog
 from pydantic import BaseModel
 
-from course_llm._litellm import flush_logging_worker, load_litellm
+from course_llm._litellm import (
+    cache_request_params,
+    flush_logging_worker,
+    install_response_cache,
+    load_litellm,
+)
 from course_llm.errors import (
     AllModelsFailedError,
     CourseLLMError,
@@ -38,7 +43,6 @@ from course_llm.recording.callback import (
     CallLogger,
     litellm_tags,
 )
-from course_llm.recording.prompts import set_preview_chars
 from course_llm.recording.records import CallRecord, new_id, utcnow
 from course_llm.recording.secrets import register_secrets, secret_values_from
 from course_llm.recording.writer import RecordWriter
@@ -46,13 +50,12 @@ from course_llm.routing.compiler import compile_router_config, group_name, parse
 from course_llm.routing.dispatch import ROUTER_ID_KEY, SDK_ROUTER_TAG, router_dispatch
 from course_llm.routing.offline import install_offline_provider, missing_keys_note, offline_router_config
 from course_llm.routing.quiet_logs import facade_call
-from course_llm.routing.registry import DEFAULT_STRATEGY, Registry, load_registry
+from course_llm.routing.registry import DEFAULT_STRATEGY, Registry
 from course_llm.routing.structured import parse_structured, structured_call
 from course_llm.scope import current_scope
-from course_llm.settings import Settings
 
 if TYPE_CHECKING:
-    from course_llm.db import SessionFactory
+    pass
 
 log = structlog.get_logger()
 
@@ -100,6 +103,7 @@ class ModelRouter:
         fallback_strategy: str | None = None,
         timeout_s: float = 600.0,
         mock: bool = False,
+        redis_url: str | None = None,
     ) -> None:
         if fallback_strategy is not None:
             known = {strategy for _, strategy, _ in registry.chains()}
@@ -108,6 +112,10 @@ class ModelRouter:
         self.registry = registry
         register_secrets(secret_values_from(registry=registry))
         self._litellm = load_litellm()
+        # LiteLLM's response cache, used only by requests that ask (`cache_request_params`).
+        self._cache_params = cache_request_params(registry.cache.ttl_s) if registry.cache else {}
+        if registry.cache:
+            install_response_cache(registry.cache.type, redis_url)
         self._writer = writer
         self._max_attempts = max_attempts
         self._fallback_strategy = fallback_strategy
@@ -259,6 +267,8 @@ class ModelRouter:
         if scope.end_user is not None:
             params.setdefault("user", scope.end_user)
         params.setdefault("drop_params", True)
+        for name, value in self._cache_params.items():
+            params.setdefault(name, value)
         failures = self._failures[request_id] = []
         started = time.perf_counter()
         try:
@@ -291,6 +301,7 @@ class ModelRouter:
         usage = getattr(response, "usage", None)
         tokens_in = getattr(usage, "prompt_tokens", None)
         tokens_out = getattr(usage, "completion_tokens", None)
+        cost = model.estimate_cost(tokens_in, tokens_out) if model else None
         return LLMResponse(
             content=response.choices[0].message.content or "",
             provider=model.provider if model else str(hidden.get("custom_llm_provider") or ""),
@@ -298,7 +309,8 @@ class ModelRouter:
             tokens_in=tokens_in,
             tokens_out=tokens_out,
             latency_ms=(time.perf_counter() - started) * 1000,
-            cost_usd=model.estimate_cost(tokens_in, tokens_out) if model else None,
+            # An answer from LiteLLM's response cache cost nothing (its row says so too).
+            cost_usd=0.0 if hidden.get("cache_hit") else cost,
             action=action,
             strategy=strategy,
             served_strategy=served_strategy,
@@ -326,73 +338,3 @@ class ModelRouter:
         with structured_call(schema, self.registry, system_prompt, params) as system:
             response = await self.complete(action, prompt, strategy=strategy, system_prompt=system, **params)
         return replace(response, parsed=parse_structured(response.content, schema, response.request_id))
-
-
-def create_model_router(
-    settings: Settings | None = None,
-    session_factory: SessionFactory | None = None,
-    *,
-    max_attempts: int | None = None,
-    fallback_strategy: str | None = None,
-    registry: Registry | None = None,
-) -> ModelRouter:
-    """A ModelRouter over `settings.registry_path`; with a session factory every attempt is logged.
-
-    `settings.mock` (COURSE_LLM_MOCK=1) makes every model answer offline from the mock.
-
-    `max_attempts` and `fallback_strategy` default to the settings' values (2 and none).
-    """
-    settings = settings or Settings()
-    registry = registry or load_registry(settings.registry_path)
-    # Provider keys, the master key and the database password are masked in every row and log.
-    register_secrets(secret_values_from(settings, registry))
-    # The response preview's length is process-wide, like the secrets (recording/prompts.py).
-    set_preview_chars(settings.response_preview_chars)
-    writer = (
-        RecordWriter(
-            session_factory,
-            spool_path=settings.journal_path,
-            fsync=settings.journal_fsync,
-            max_queue=settings.log_queue_size,
-        )
-        if session_factory is not None
-        else None
-    )
-    return ModelRouter(
-        registry,
-        writer=writer,
-        max_attempts=max_attempts if max_attempts is not None else settings.max_attempts,
-        fallback_strategy=fallback_strategy if fallback_strategy is not None else settings.fallback_strategy,
-        timeout_s=settings.request_timeout_s,
-        mock=settings.mock,
-    )
-
-
-async def complete(
-    action: str, prompt: Prompt, strategy: str = DEFAULT_STRATEGY, **params: Any
-) -> LLMResponse:
-    """One call over a router built from `Settings()`, logged to its database, rows flushed on return.
-
-    Convenient for scripts; an application making many calls should keep one router open instead.
-    """
-    from course_llm.db import (
-        create_session_factory,
-        dispose_session_factory,
-        is_transient_db_error,
-        upgrade_database_async,
-    )
-
-    settings = Settings()
-    try:
-        await upgrade_database_async(settings.database_url)
-    except Exception as exc:
-        if not is_transient_db_error(exc):
-            raise
-        # The database is away: answer anyway; the rows wait in the spool.
-        log.error("database_unavailable", error=str(exc).splitlines()[0] if str(exc) else repr(exc))
-    session_factory = create_session_factory(settings.database_url)
-    try:
-        async with create_model_router(settings, session_factory) as router:
-            return await router.complete(action, prompt, strategy=strategy, **params)
-    finally:
-        await dispose_session_factory(session_factory)
