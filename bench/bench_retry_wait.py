@@ -6,7 +6,7 @@ A timing benchmark, not a test (tests/test_routing_stage2.py checks the behaviou
 facade, against the scripted upstream of tests/test_routing_stage2.py: text_processing/solo is a
 one-model chain [solo] that always answers 429 with `retry-after: N`; the default chain behind it
 answers at once. Each case is timed in the same run two ways:
-- bounded: course_llm's rule (course_llm/_litellm.py `_install_retry_wait_bound`), with
+- bounded: course_llm's rule (course_llm/_litellm/retries.py `install_retry_wait_bound`), with
   COURSE_LLM_MAX_RETRY_WAIT_S at its default (5 s): a Retry-After above it moves on at once, one
   within it is waited for once, before the retry;
 - unbounded: LiteLLM 1.106.2's own waits, the wrapper taken out (its `__wrapped__` back in place)

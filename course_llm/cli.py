@@ -10,31 +10,52 @@ stored values and paths are never read as Rich markup.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
+from rich.text import Text
 
 from course_llm.cli_output import (
+    budgets_table,
     calls_table,
     chains_table,
     fail,
     out,
     print_table,
     progress,
+    settings_or_fail,
     succeeded,
     summary_table,
+    user_errors,
+)
+from course_llm.cli_reports import (
+    GROUP_BY_HELP,
+    ActionOption,
+    JsonOption,
+    ModelOption,
+    OperationOption,
+    ProviderOption,
+    RequestOption,
+    ServedOption,
+    SinceOption,
+    StatusOption,
+    StrategyOption,
+    TenantOption,
+    UntilOption,
+    filters_of,
+    print_json,
+    query,
+    run_db,
 )
 from course_llm.errors import CourseLLMError
 from course_llm.recording.log_masking import install_log_masking
 from course_llm.recording.secrets import register_secrets, secret_values_from
 from course_llm.routing.compiler import compile_proxy_config, render_proxy_config
 from course_llm.routing.registry import Registry, load_registry
-from course_llm.settings import Settings, is_packaged_registry, sqlite_file
+from course_llm.settings import Settings, is_packaged_registry
 
 app = typer.Typer(help="Route LLM calls by task and strategy, and see what they cost.", no_args_is_help=True)
 db_app = typer.Typer(help="Database commands.", no_args_is_help=True)
@@ -58,29 +79,8 @@ def _start() -> None:
         register_secrets(secret_values_from(Settings()))
 
 
-@contextmanager
-def user_errors(*extra: type[Exception]) -> Iterator[None]:
-    """Turn course_llm errors (and `extra` kinds) into one line on stderr and exit code 1."""
-    kinds: tuple[type[Exception], ...] = (CourseLLMError, *extra)
-    try:
-        yield
-    except kinds as exc:
-        fail(str(exc))
-
-
-def _settings() -> Settings:
-    """The settings from the environment; a bad value is one line naming its variable."""
-    try:
-        return Settings()
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        field = str(error["loc"][0]) if error["loc"] else ""
-        variable = "LITELLM_MASTER_KEY" if field == "LITELLM_MASTER_KEY" else f"COURSE_LLM_{field.upper()}"
-        fail(f"{variable}: {error['msg']}")
-
-
 def _registry(path: Path | None) -> tuple[Registry, Path]:
-    registry_path = path or _settings().registry_path
+    registry_path = path or settings_or_fail().registry_path
     return load_registry(registry_path), registry_path
 
 
@@ -102,7 +102,7 @@ def compile_command(
     ),
 ) -> None:
     """Write the LiteLLM proxy config compiled from the registry."""
-    settings = _settings()
+    settings = settings_or_fail()
     with user_errors():
         loaded, path = _registry(registry)
     config = compile_proxy_config(
@@ -128,7 +128,7 @@ def serve(
     """Run the LiteLLM proxy with course_llm routing, logging, usage API and dashboard."""
     from course_llm.proxy import serve as proxy
 
-    settings = _settings()
+    settings = settings_or_fail()
     with user_errors(OSError):
         plan = proxy.prepare(settings, registry_path=registry, host=host, port=port, mock=mock)
     out.print(proxy.banner(plan), soft_wrap=True)
@@ -140,9 +140,9 @@ def db_upgrade() -> None:
     """Migrate the configured database ($COURSE_LLM_DATABASE_URL) to the latest schema."""
     from course_llm.db import redact_url, upgrade_database
 
-    url = _settings().database_url
+    url = settings_or_fail().database_url
     with user_errors(OSError, ConnectionError):
-        _run_db(lambda: upgrade_database(url), url)
+        run_db(lambda: upgrade_database(url), url)
     out.print(f"database {redact_url(url)} is up to date")
 
 
@@ -159,7 +159,7 @@ def db_prune(
 
     with user_errors():
         moment = parse_time("before", before)
-    result = _query(lambda factory: prune(factory, moment))
+    result = query(lambda factory: prune(factory, moment))
     day = result.before.strftime("%Y-%m-%dT%H:%M:%SZ")
     out.print(f"deleted {result.deleted:,} rows created before {day}; their aggregates are kept")
 
@@ -178,105 +178,6 @@ def lint(
 
 
 #: How SQLite and PostgreSQL say that llm_calls is missing (a database nobody migrated).
-_WRAPPER = re.compile(r"^\((?:sqlalchemy|asyncpg|sqlite3)[\w.]*\) ")
-_NO_TABLE = re.compile(r"no such table: llm_calls|relation \"llm_calls\" does not exist")
-
-
-def _run_db(action: Callable[[], Any], url: str) -> Any:
-    """Run a database action, reporting driver errors as one line (they carry no secrets we print)."""
-    from course_llm.db import is_database_error, redact_url
-
-    try:
-        return action()
-    except ImportError as exc:  # a URL whose driver is not installed (mysql://, …)
-        fail(f"cannot open {redact_url(url)}: {exc} (course_llm writes to SQLite and PostgreSQL)")
-    except Exception as exc:
-        if is_database_error(exc):
-            if _NO_TABLE.search(str(exc)):
-                where = sqlite_file(url) or redact_url(url)
-                fail(f"database {where} has no llm_calls table: run `course-llm db upgrade` first")
-            # SQLAlchemy prefixes the driver's message with its own class name: keep the message.
-            message = _WRAPPER.sub("", str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
-            fail(f"database error: {message}")
-        raise
-
-
-def _require_database(url: str) -> None:
-    """Fail with one line when `url` is an SQLite file that does not exist: opening it would
-    create an empty one, and the reporting commands only read."""
-    path = sqlite_file(url)
-    if path is not None and not path.exists():
-        fail(f"no database at {path.absolute()}: run `course-llm serve` or `course-llm db upgrade` first")
-
-
-# --- usage reports: calls, usage, export ---------------------------------------------------------
-# The same filters as the HTTP API (docs/architecture.md, "Usage reporting"); values are parsed by
-# course_llm.reporting.usage, so both reject the same input with the same message.
-
-SinceOption = Annotated[str | None, typer.Option(help="from this time on: ISO 8601 (naive = UTC) or 24h, 7d")]
-UntilOption = Annotated[str | None, typer.Option(help="before this time: ISO 8601 or a span back from now")]
-ActionOption = Annotated[str | None, typer.Option(help="only this action")]
-StrategyOption = Annotated[str | None, typer.Option(help="only this requested strategy")]
-ServedOption = Annotated[str | None, typer.Option("--served-strategy", help="only this served strategy")]
-ProviderOption = Annotated[str | None, typer.Option(help="only this provider")]
-ModelOption = Annotated[str | None, typer.Option("--model-id", "--model", help="only this registry model id")]
-StatusOption = Annotated[str | None, typer.Option(help="success, error or cached (answered from the cache)")]
-TenantOption = Annotated[str | None, typer.Option("--tenant-id", "--tenant", help="only this tenant id")]
-OperationOption = Annotated[str | None, typer.Option(help="only this operation")]
-RequestOption = Annotated[
-    str | None,
-    typer.Option(
-        "--request-id", help="only this request's attempts (its full id, or a unique prefix of 8+ characters)"
-    ),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="print JSON (the HTTP API's shape)")]
-GROUP_BY_HELP = (
-    "comma-separated keys: action, strategy, served_strategy, provider, model_id, tenant_id, operation, "
-    "end_user, error_class, hour, day; blank for totals only"
-)
-
-
-#: Option names that differ from the filter names they set (`--model` sets model_id, …).
-_OPTION_TO_FILTER = {"model": "model_id", "tenant": "tenant_id"}
-
-
-def _filters(options: dict[str, Any]) -> Any:
-    """The UsageFilters named by a command's filter options (its `locals()`)."""
-    from course_llm.reporting.usage import FILTER_NAMES, filters_from
-
-    raw = {_OPTION_TO_FILTER.get(name, name): value for name, value in options.items()}
-    with user_errors():
-        return filters_from({name: raw.get(name) for name in FILTER_NAMES})
-
-
-def _query(run: Callable[[Any], Any]) -> Any:
-    """`await run(session_factory)` on the configured database, then close it. Database errors, and
-    course_llm errors the query raises (an ambiguous request id prefix, …), print one line."""
-    import asyncio
-
-    from course_llm.db import create_session_factory, dispose_session_factory, redact_url
-
-    url = _settings().database_url
-    _require_database(url)
-
-    async def main() -> Any:
-        factory = create_session_factory(url)
-        try:
-            return await run(factory)
-        finally:
-            await dispose_session_factory(factory)
-
-    try:
-        with user_errors():
-            return _run_db(lambda: asyncio.run(main()), url)
-    except OSError as exc:  # asyncpg reports a refused connection as a bare OSError
-        fail(f"cannot reach the database {redact_url(url)}: {exc}")
-
-
-def _print_json(data: Any) -> None:
-    import json
-
-    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
 @app.command()
@@ -305,18 +206,18 @@ def calls(
     from course_llm.reporting.paging import parse_cursor
     from course_llm.reporting.usage import parse_page
 
-    filters = _filters(locals())
+    filters = filters_of(locals())
     with user_errors():
         if cursor is not None and page is not None:
             raise UsageQueryError("cursor", "give --page or --cursor, not both")
         number, page_size = parse_page(page, page_size)
         after = parse_cursor(cursor) if cursor is not None else None
     if cursor is not None:
-        result = _query(lambda factory: list_calls_after(factory, filters, after, page_size))
+        result = query(lambda factory: list_calls_after(factory, filters, after, page_size))
     else:
-        result = _query(lambda factory: list_calls(factory, filters, number, page_size))
+        result = query(lambda factory: list_calls(factory, filters, number, page_size))
     if as_json:
-        _print_json(result.as_dict())
+        print_json(result.as_dict())
         return
     print_table(calls_table(result.data))
     if result.total == 0:
@@ -347,12 +248,12 @@ def usage(
     from course_llm.db.usage import summarize
     from course_llm.reporting.usage import parse_group_by
 
-    filters = _filters(locals())
+    filters = filters_of(locals())
     with user_errors():
         keys = parse_group_by(group_by)
-    result = _query(lambda factory: summarize(factory, filters, keys))
+    result = query(lambda factory: summarize(factory, filters, keys))
     if as_json:
-        _print_json(result.as_dict())
+        print_json(result.as_dict())
         return
     print_table(summary_table(result.group_by, result.groups, result.totals))
 
@@ -377,7 +278,7 @@ def export(
     from course_llm.db.usage import count_matching, iter_calls
     from course_llm.reporting.usage import parse_export_format, write_export
 
-    filters = _filters(locals())
+    filters = filters_of(locals())
     with user_errors():
         fmt = parse_export_format(export_format)
 
@@ -392,8 +293,36 @@ def export(
         except OSError as exc:
             fail(f"cannot write {output}: {exc.strerror or exc}")
 
-    written = _query(run)
+    written = query(run)
     out.print(f"wrote {written} calls to {output} ({fmt})")
+
+
+@app.command()
+def budgets(registry: RegistryOption = None, as_json: JsonOption = False) -> None:
+    """Each budget of the registry: its period's spend (what the rows say), what remains, its
+    state (ok, downgraded, exceeded) and when it resets."""
+    from course_llm.control.budgets import BudgetBook
+    from course_llm.control.controls import status_dict
+    from course_llm.db.spend import DatabaseSpend
+
+    with user_errors():
+        loaded, path = _registry(registry)
+    statuses: list[Any] = []
+    if loaded.budgets:
+
+        async def run(factory: Any) -> list[Any]:
+            book = BudgetBook(loaded.budgets, DatabaseSpend(factory))
+            if not await book.refresh():
+                raise CourseLLMError("could not read the budgets' spend from the database")
+            return book.snapshot()
+
+        statuses = query(run)
+    if as_json:
+        print_json({"budgets": [status_dict(status) for status in statuses]})
+    elif not statuses:
+        out.print(Text(f"no budgets in {path}"))
+    else:
+        print_table(budgets_table(statuses))
 
 
 def main() -> None:  # pragma: no cover - console script entry

@@ -15,12 +15,15 @@ from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from course_llm.errors import CourseLLMError
 from course_llm.recording.secrets import mask_configured
 from course_llm.routing.registry import Registry
+from course_llm.settings import Settings
 
 __all__ = [
     "calls_table",
@@ -166,3 +169,46 @@ def progress(description: str, total: int) -> Iterator[Callable[[], None]]:
         # Progress renders a task's description as markup: escape the path in it.
         task = bar.add_task(escape(description), total=total)
         yield lambda: bar.advance(task)
+
+
+@contextmanager
+def user_errors(*extra: type[Exception]) -> Iterator[None]:
+    """Turn course_llm errors (and `extra` kinds) into one line on stderr and exit code 1."""
+    kinds: tuple[type[Exception], ...] = (CourseLLMError, *extra)
+    try:
+        yield
+    except kinds as exc:
+        fail(str(exc))
+
+
+def settings_or_fail() -> Settings:
+    """The settings from the environment; a bad value is one line naming its variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else ""
+        variable = "LITELLM_MASTER_KEY" if field == "LITELLM_MASTER_KEY" else f"COURSE_LLM_{field.upper()}"
+        fail(f"{variable}: {error['msg']}")
+
+
+def budgets_table(statuses: list[Any]) -> Table:
+    """`course-llm budgets`: one line per budget of the registry."""
+    table = Table()
+    table.add_column("budget")
+    table.add_column("period")
+    for name in ["spent $", "limit $", "remaining $"]:
+        table.add_column(name, justify="right")
+    table.add_column("state")
+    table.add_column("resets (UTC)")
+    for status in statuses:
+        table.add_row(
+            Text(status.name),
+            status.period,
+            f"{status.spent_usd:.6f}",
+            f"{status.limit_usd:.6f}",
+            f"{status.remaining_usd:.6f}",
+            status.state,
+            status.resets_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    return table

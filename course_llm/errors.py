@@ -6,6 +6,7 @@
     ├── AllModelsFailedError     every model of every chain tried for a request failed
     ├── StructuredOutputError    the model answered, but not with JSON that fits the schema
     ├── BudgetExceededError      a budget of the registry is spent and refuses more requests
+    ├── AttemptSkippedError      an attempt course_llm did not make (its model's circuit is open)
     ├── UnknownProviderError     (also LookupError) no model of the registry uses that provider
     └── UsageQueryError          (also ValueError) a usage filter or group key is invalid
 
@@ -17,6 +18,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+
+#: Upstream statuses that say the request is wrong, not the model: they skip to the next model at
+#: once (docs/architecture.md, "Routing semantics") and never count against a model's circuit.
+PERMANENT_STATUS_CODES = frozenset({400, 401, 403, 404})
 
 
 class CourseLLMError(Exception):
@@ -134,9 +139,30 @@ class BudgetExceededError(CourseLLMError):
         self.limit_usd = limit_usd
         self.resets_at = resets_at
         super().__init__(
-            f"budget {budget!r} is spent: {spent_usd:.4f} of {limit_usd:.4f} USD; "
+            f"budget {budget!r} is spent: {_usd(spent_usd)} of {_usd(limit_usd)} USD; "
             f"it resets at {resets_at.isoformat()}"
         )
+
+
+def _usd(amount: float) -> str:
+    """Cents for a dollar or more, else six decimals (a test budget of 0.00004 USD stays readable)."""
+    return f"{amount:,.2f}" if abs(amount) >= 1 else f"{amount:.6f}"
+
+
+class AttemptSkippedError(CourseLLMError):
+    """Raised inside LiteLLM's routing for an attempt not made: the chain moves on at once.
+
+    `error_class` is what the attempt's row says (`CircuitOpen`), `model_id` the model skipped.
+    It never reaches a facade caller (`AllModelsFailedError` lists the skip among its attempts);
+    a proxy client whose whole chain was skipped gets a 503 (`status_code`).
+    """
+
+    status_code = 503
+
+    def __init__(self, error_class: str, model_id: str, message: str) -> None:
+        self.error_class = error_class
+        self.model_id = model_id
+        super().__init__(message)
 
 
 class UsageQueryError(CourseLLMError, ValueError):

@@ -94,3 +94,36 @@ def test_a_running_mock_proxy_shows_request_and_attempt_error_rates(
         models = page.eval_on_selector_all("#request-attempts li", "items => items.map(i => i.dataset.model)")
         assert models == ["claude-sonnet", "claude-sonnet", "gemini-2.5-pro"]
         assert page.inner_text("#request-detail-id") == fallback  # in full
+
+
+def test_the_dashboard_shows_the_budgets_and_the_open_circuits(
+    tmp_path: Path,
+    chromium: str,  # noqa: F811 (the fixture imported above)
+) -> None:
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).parent.parent / "config" / "models.yaml").read_text())
+    data["budgets"] = {"everything": {"period": "month", "limit_usd": 100}}
+    data["circuit_breaker"] = {"failures": 1, "cooldown_s": 600}
+    registry = tmp_path / "models.yaml"
+    registry.write_text(yaml.safe_dump(data))
+    port = free_port()
+    env = proxy_env(f"sqlite+aiosqlite:///{tmp_path / 'dash.db'}", tmp_path)
+    argv = serve_argv("--mock", "--registry", str(registry), "--port", str(port))
+    process = ProxyProcess(argv, env, port, tmp_path / "log").start()
+    try:
+        # deepseek-chat fails once (transient): its circuit opens; gemini-2.5-flash answers.
+        asyncio.run(ask(process, "text_processing", "hello [mock-fail deepseek-chat=503]"))
+        with browser_page(chromium) as page:
+            page.goto(f"{process.base_url}/dashboard#key={KEY}")
+            page.wait_for_selector("body[data-state=ready]", state="attached")
+            budgets = page.eval_on_selector_all(
+                "#budgets-table tbody tr", "rows => rows.map(r => [r.dataset.key, r.dataset.state])"
+            )
+            circuits = page.eval_on_selector_all(
+                "#circuits-table tbody tr", "rows => rows.map(r => [r.dataset.key, r.dataset.state])"
+            )
+    finally:
+        process.stop()
+    assert budgets == [["everything", "ok"]]
+    assert circuits == [["deepseek-chat", "open"]]

@@ -272,7 +272,7 @@ async def test_litellm_prices_calls_at_the_registry_prices_from_model_info(
 
 
 # ---------------------------------------------------------------------------------------------
-# The OTel import in auth (course_llm/_litellm.py `_install_otel_seed_noop`)
+# The OTel import in auth (course_llm/_litellm/workarounds.py `_install_otel_seed_noop`)
 # ---------------------------------------------------------------------------------------------
 
 

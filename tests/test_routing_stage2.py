@@ -5,7 +5,7 @@ a context-window 400 on a default chain's first model ended the request ("all mo
 the second model never tried), and on a quality chain it skipped the rest of that chain for the
 default one (LiteLLM 1.106.2 sends those errors past its order fallbacks: the compiler's
 `_rest_of_chain`). A 429 with `retry-after: 20` on a one-model chain reached the next chain after
-41.9 s (LiteLLM waits before the retry and again after it: course_llm/_litellm.py
+41.9 s (LiteLLM waits before the retry and again after it: course_llm/_litellm/retries.py
 `_install_retry_wait_bound`).
 
 Shown through the facade and through the real proxy (`course-llm serve`, the official openai
@@ -356,21 +356,18 @@ def test_the_retry_wait_workarounds_are_installed_once_over_litellms_own() -> No
     assert getattr(should_retry, "_course_llm_status_code_rule", False)
 
 
-async def test_litellm_pre_call_checks_skip_silently_and_repeat_the_next_model(
-    up: ScriptedUpstream,
-) -> None:
-    """Why course_llm leaves LiteLLM's `enable_pre_call_checks` off (litellm 1.106.2, router.py
-    `_pre_call_checks` runs before `get_order_filtered_deployments`): a model whose
-    `max_input_tokens` is below the prompt is dropped with no hook and no row, so the next order
-    level runs as if it were the first, and after a transient failure LiteLLM's order fallback
-    re-targets that level: [third (too small), first (500), second] calls first 4 times, not 2.
-    When this fails, pre-call checks may be usable: see the contract in issue 13."""
+async def test_a_skipped_first_model_does_not_make_the_next_one_run_twice(up: ScriptedUpstream) -> None:
+    """LiteLLM's pre-call check alone (litellm 1.106.2, `_pre_call_checks` before
+    `get_order_filtered_deployments`) drops a model whose `max_input_tokens` is below the prompt
+    with no hook and no row, so the next level runs as the request's first attempt, and after a
+    transient failure LiteLLM's order fallback re-targets that level: [third (too small), first
+    (500), second] called first 4 times, not 2. course_llm/_litellm/context.py records the skip
+    and walks the rest of the chain as context-window fallbacks instead."""
     data = stage2_registry(up.base_url)
     data["models"]["third"]["max_context"] = 100
     config = compile_router_config(parse_registry(data))
-    router = load_litellm().Router(
-        model_list=config["model_list"], **config["router_settings"], enable_pre_call_checks=True
-    )
+    assert config["router_settings"]["enable_pre_call_checks"] is True
+    router = load_litellm().Router(model_list=config["model_list"], **config["router_settings"])
     up.script("m-first", (500, None, {}))
     try:
         response = await router.acompletion(
@@ -379,7 +376,7 @@ async def test_litellm_pre_call_checks_skip_silently_and_repeat_the_next_model(
     finally:
         router.discard()
     assert response._hidden_params["model_id"] == f"{ACTION}/quality/second"
-    assert up.models() == ["m-first"] * 4 + ["m-second"]
+    assert up.models() == ["m-first"] * 2 + ["m-second"]
 
 
 # -- the real proxy ------------------------------------------------------------------------------
@@ -400,9 +397,9 @@ def served(
     process.stop()
 
 
-async def _ask(process: ProxyProcess, model: str) -> tuple[str, str]:
+async def _ask(process: ProxyProcess, model: str, content: str = "x") -> tuple[str, str]:
     raw = await client(process).chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": "x"}]
+        model=model, messages=[{"role": "user", "content": content}]
     )
     return raw.headers[REQUEST_ID], raw.parse().choices[0].message.content or ""
 

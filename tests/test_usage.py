@@ -69,10 +69,11 @@ def test_a_time_that_is_neither_iso_nor_a_span_names_the_field_and_both_formats(
     assert str(caught.value).startswith("until: ")
 
 
-def test_status_accepts_success_and_error_only_and_lists_them() -> None:
+def test_status_accepts_success_error_and_cached_only_and_lists_them() -> None:
     assert parse_filters(status="success").status == "success"
     assert parse_filters(status="ERROR").status == "error"
-    with pytest.raises(UsageQueryError, match=r"^status: 'ok' is not one of: success, error$"):
+    assert parse_filters(status="cached").status == "cached"
+    with pytest.raises(UsageQueryError, match=r"^status: 'ok' is not one of: success, error, cached$"):
         parse_filters(status="ok")
 
 

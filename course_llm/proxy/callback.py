@@ -24,6 +24,7 @@ from course_llm.proxy.hooks import proxy_logger
 from course_llm.proxy.proxy_log import install_quiet_proxy_log
 from course_llm.recording.log_masking import install_log_masking
 from course_llm.recording.secrets import register_secrets, secret_values_from, secret_values_from_proxy_config
+from course_llm.routing.compiler import CONTROLS_KEY
 from course_llm.settings import Settings
 
 log = structlog.get_logger()
@@ -36,23 +37,30 @@ def _proxy_config_path() -> str | None:
     return str(path) if path else None
 
 
-def register_proxy_secrets(settings: Settings) -> None:
-    """Register every credential this proxy was configured with (see the module docstring)."""
-    values = secret_values_from(settings)
+def _proxy_config() -> dict[str, Any]:
+    """The config LiteLLM is loading, as data ({} when it cannot be read)."""
     path = _proxy_config_path()
-    if path:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                config: Any = yaml.safe_load(handle) or {}
-            if isinstance(config, dict):
-                values |= secret_values_from_proxy_config(config)
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            # LiteLLM itself read this file a moment ago; the patterns still mask key shapes.
-            log.warning("proxy_secrets_unread", config=path, error=type(exc).__name__)
-    register_secrets(values)
+    if not path:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config: Any = yaml.safe_load(handle) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        # LiteLLM itself read this file a moment ago; the patterns still mask key shapes.
+        log.warning("proxy_config_unread", config=path, error=type(exc).__name__)
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def register_proxy_secrets(settings: Settings, config: dict[str, Any]) -> None:
+    """Register every credential this proxy was configured with (see the module docstring)."""
+    register_secrets(secret_values_from(settings) | secret_values_from_proxy_config(config))
 
 
 install_log_masking()
-register_proxy_secrets(Settings())
+_config = _proxy_config()
+register_proxy_secrets(Settings(), _config)
 logger = proxy_logger()
+# The registry's circuit breaker (and budgets), as the compiler copied them into the config.
+logger.configure_controls(_config.get(CONTROLS_KEY))
 install_quiet_proxy_log(logger.has_failed_attempts)

@@ -25,15 +25,14 @@ from __future__ import annotations
 
 import secrets
 import sys
-from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable, Collection, Mapping
+from collections.abc import AsyncGenerator, Collection, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from fastapi import HTTPException
 
-from course_llm._litellm import flush_logging_worker
-from course_llm.errors import AllModelsFailedError
+from course_llm.errors import AllModelsFailedError, BudgetExceededError
 from course_llm.proxy.guard import (
     BODY_CHECKED,
     Refusal,
@@ -42,19 +41,22 @@ from course_llm.proxy.guard import (
     unknown_model_reason,
 )
 from course_llm.proxy.proxy_log import CURRENT_REQUEST, log_all_failed
+from course_llm.proxy.recorder import MAX_TRACKED, ProxyRecorder
 from course_llm.proxy.streams import StreamAttempts, StreamWatch, recorded_stream
 from course_llm.recording.callback import (
     REQUEST_ID_KEY,
     TAGS_KEY,
-    CallLogger,
     litellm_tags,
-    remember,
 )
-from course_llm.recording.payload import metadata_of
-from course_llm.recording.prompts import set_preview_chars
-from course_llm.recording.records import CallRecord, new_id, status_code_of
+from course_llm.recording.payload import (
+    ASKED_GROUP_KEY,
+    BUDGET_MARK_KEY,
+    attribution,
+    metadata_of,
+    split_group,
+)
+from course_llm.recording.records import new_id, status_code_of
 from course_llm.recording.rows import StreamEnd
-from course_llm.recording.writer import RecordWriter
 from course_llm.routing.compiler import group_name
 from course_llm.routing.registry import DEFAULT_STRATEGY
 from course_llm.settings import Settings
@@ -62,8 +64,6 @@ from course_llm.settings import Settings
 log = structlog.get_logger()
 
 REQUEST_ID_HEADER = "x-course-llm-request-id"
-#: Requests remembered at once for the all-failed message.
-_MAX_TRACKED = 10_000
 #: Metadata key of the mark the pre-call hook puts on the requests it admits.
 _ADMITTED = "course_llm_admitted"
 #: Router bookkeeping a client could send to rewrite which action/strategy a row records.
@@ -76,13 +76,6 @@ _TEXT_COMPLETION = frozenset({"atext_completion", "text_completion"})
 _SNAPSHOT_EXTRAS = frozenset({"client_side_timeout"})
 
 _instance: ProxyLogger | None = None
-#: Databases this process has upgraded already (`course-llm serve` does, before the proxy starts).
-_upgraded: set[str] = set()
-
-
-def database_upgraded(url: str) -> None:
-    """Say that the database at `url` is at the latest schema: the row writer skips its upgrade."""
-    _upgraded.add(url)
 
 
 def proxy_logger() -> ProxyLogger:
@@ -97,93 +90,16 @@ def proxy_logger() -> ProxyLogger:
     return _instance
 
 
-class ProxyLogger(CallLogger):
-    """Records proxy attempts into the database named by the settings, and guards requests."""
+class ProxyLogger(ProxyRecorder):
+    """Records proxy attempts (`ProxyRecorder`) and guards requests."""
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(self._record, source="proxy")
-        self.settings = settings
-        # The response preview's length is process-wide (recording/prompts.py).
-        set_preview_chars(settings.response_preview_chars)
-        self._writer: RecordWriter | None = None
-        self._session_factory: Any = None
-        self._observers: list[Callable[[CallRecord], None]] = []
-        # Failed attempts per request (bounded), to tell a client every attempt when all failed.
-        self._failures: OrderedDict[str, list[CallRecord]] = OrderedDict()
+        super().__init__(settings)
         # The pre-call hook marks each request it lets through with this process's secret, which
         # no client can put in a body: only such requests can fail as attempts.
         self._admission = secrets.token_hex(16)
         # The attempts of streamed requests that LiteLLM's hooks do not report (see streams.py).
-        self._streams = StreamAttempts(self._emit, self.claim, source="proxy", max_tracked=_MAX_TRACKED)
-
-    # -- rows ----------------------------------------------------------------------------------
-
-    @property
-    def session_factory(self) -> Any:
-        if self._session_factory is None:
-            from course_llm.db import create_session_factory
-
-            self._session_factory = create_session_factory(self.settings.database_url)
-        return self._session_factory
-
-    @property
-    def writer(self) -> RecordWriter:
-        if self._writer is None:
-            from course_llm.db import upgrade_database_async
-
-            url = self.settings.database_url
-            self._writer = RecordWriter(
-                None,
-                # Built in the writer's task: a bad or unsupported URL is an outage that is logged
-                # while rows wait in the journal, never an exception on a request's path.
-                connect=lambda: self.session_factory,
-                spool_path=self.settings.journal_path,
-                fsync=self.settings.journal_fsync,
-                max_queue=self.settings.log_queue_size,
-                # Plain `litellm --config` never ran `course-llm db upgrade`: migrate first.
-                prepare=None if url in _upgraded else (lambda: upgrade_database_async(url)),
-            )
-        return self._writer
-
-    def add_observer(self, observer: Callable[[CallRecord], None]) -> None:
-        """Also hand every row to `observer` (the Prometheus metrics)."""
-        self._observers.append(observer)
-
-    def _record(self, record: CallRecord) -> None:
-        self.writer.submit(record)
-        if record.success:
-            self._failures.pop(record.request_id, None)  # it did not all fail after all
-        else:
-            earlier = self._failures.get(record.request_id, [])
-            remember(self._failures, record.request_id, [*earlier, record], _MAX_TRACKED)
-        for observer in self._observers:
-            try:
-                observer(record)
-            except Exception as exc:  # metrics must never cost a row
-                log.error("llm_call_observer_failed", error=repr(exc))
-
-    async def aclose(self) -> None:
-        """Deliver LiteLLM's pending events, then write (or spool) every pending row."""
-        await flush_logging_worker()
-        if self._writer is not None:
-            await self._writer.aclose()
-            log.info("llm_calls_flushed_at_shutdown", **self._writer.stats())
-
-    def install_shutdown_flush(self) -> None:
-        """Make the proxy's shutdown (lifespan exit, e.g. on SIGTERM) flush rows first."""
-        proxy_server = sys.modules.get("litellm.proxy.proxy_server")
-        original = getattr(proxy_server, "proxy_shutdown_event", None)
-        if proxy_server is None or original is None or getattr(original, "_course_llm", False):
-            return
-
-        async def proxy_shutdown_event(*args: Any, **kwargs: Any) -> None:
-            try:
-                await self.aclose()
-            finally:
-                await original(*args, **kwargs)
-
-        proxy_shutdown_event._course_llm = True  # type: ignore[attr-defined]
-        setattr(proxy_server, "proxy_shutdown_event", proxy_shutdown_event)  # noqa: B010 (module attr)
+        self._streams = StreamAttempts(self._emit, self.claim, source="proxy", max_tracked=MAX_TRACKED)
 
     # -- request guards ------------------------------------------------------------------------
 
@@ -211,6 +127,7 @@ class ProxyLogger(CallLogger):
         # Keys that steer the logger are ours to set, never the client's.
         for key in [k for k in metadata if str(k).startswith("course_llm_") or k in _ROUTER_KEYS]:
             metadata.pop(key)
+        await self._apply_budgets(data, metadata)  # a spent budget refuses the request here (HTTP 429)
         metadata[REQUEST_ID_KEY] = request_id
         metadata[_ADMITTED] = self._admission
         CURRENT_REQUEST.set(request_id)  # for the log lines LiteLLM writes about this request
@@ -223,6 +140,25 @@ class ProxyLogger(CallLogger):
                 data["stream_options"] = {**options, "include_usage": True}
                 metadata[_STRIP_USAGE] = True
         return data
+
+    async def _apply_budgets(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
+        """Serve by the action's budget chain, or refuse, as the registry's budgets say."""
+        if self.controls.book is None or not isinstance(data["model"], str):
+            return
+        await self.controls.ready()  # a process's first requests wait (briefly) for the first figures
+        action, strategy = split_group(data["model"])
+        tenant_id, operation, _ = attribution(metadata)
+        try:
+            plan = self.controls.plan(action, strategy, tenant_id, operation)
+        except BudgetExceededError as exc:
+            raise budget_refusal(exc) from None
+        if plan.budget is not None:
+            metadata[ASKED_GROUP_KEY] = data["model"]  # the row's `strategy`: as asked
+            metadata[BUDGET_MARK_KEY] = plan.budget  # the row's `metadata.budget`
+            data["model"] = group_name(action, plan.strategy)
+
+    def _has_chain(self, action: str, strategy: str) -> bool:
+        return group_name(action, strategy) in router_groups()[0]
 
     async def async_post_call_failure_hook(
         self,
@@ -253,10 +189,6 @@ class ProxyLogger(CallLogger):
         status = last.status_code or status_code_of(original_exception) or 502
         log_all_failed(error, status)
         return HTTPException(status_code=status, detail=str(error))
-
-    def has_failed_attempts(self, request_id: str) -> bool:
-        """Whether attempts of this request failed and it has not succeeded (yet)."""
-        return bool(self._failures.get(request_id))
 
     async def async_post_call_response_headers_hook(
         self,
@@ -328,13 +260,15 @@ class ProxyLogger(CallLogger):
 
     async def async_pre_call_deployment_hook(self, kwargs: dict[str, Any], call_type: Any) -> None:
         """Settle the previous attempt of a streamed request before the next starts, so attempts
-        keep their order (see streams.py). Returns None: the call is never modified."""
+        keep their order (see streams.py), then ask the gate whether this one may go upstream
+        (CallLogger's `admit`: an open circuit ends it here). Returns None: the call is never
+        modified."""
         try:
             if self._mine(metadata_of(kwargs)):
                 self._streams.deployment_call(kwargs, call_type)
         except Exception as exc:
             self._dropped("stream_deployment_call", exc)
-        return None
+        self.admit(kwargs)
 
     async def async_post_call_failure_deployment_hook(
         self, request_data: Any, exception: Any, call_type: Any, fallback_depth: Any = None
@@ -346,6 +280,22 @@ class ProxyLogger(CallLogger):
             self._streams.deployment_failed(request_data)
         except Exception as exc:
             self._dropped("stream_deployment_failed", exc)
+
+
+def budget_refusal(error: BudgetExceededError) -> HTTPException:
+    """HTTP 429 naming the spent budget and when it resets; `Retry-After` says the same in seconds."""
+    wait = max(int((error.resets_at - datetime.now(UTC)).total_seconds()) + 1, 1)
+    body = {
+        "message": str(error),
+        "type": "budget_exceeded",
+        "param": None,
+        "code": "429",
+        "budget": error.budget,
+        "spent_usd": round(error.spent_usd, 6),
+        "limit_usd": error.limit_usd,
+        "resets_at": error.resets_at.isoformat().replace("+00:00", "Z"),
+    }
+    return HTTPException(status_code=429, detail={"error": body}, headers={"retry-after": str(wait)})
 
 
 def router_groups() -> tuple[Collection[str], Mapping[str, str]]:

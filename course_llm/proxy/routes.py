@@ -356,6 +356,9 @@ def mount_routes(app: Any) -> None:
         from course_llm.proxy.usage_api import create_usage_router
 
         app.include_router(create_usage_router(lambda: logger.session_factory, _master_key))
+        from course_llm.proxy.controls_api import create_controls_router
+
+        app.include_router(create_controls_router(lambda: logger.controls, _master_key))
     except ImportError as exc:  # pragma: no cover - while the usage API is being built
         log.warning("usage_api_unavailable", error=str(exc))
     try:
@@ -364,6 +367,7 @@ def mount_routes(app: Any) -> None:
         recorder = MetricsRecorder()
         logger.add_observer(recorder.observe)
         recorder.watch_writer(logger.writer.stats)
+        recorder.watch_controls(lambda: logger.controls)
         app.include_router(create_metrics_router(recorder, _master_key))
     except ImportError as exc:  # pragma: no cover
         log.warning("metrics_unavailable", error=str(exc))

@@ -181,7 +181,7 @@ def build_app(plan: ServePlan) -> Any:
     os.environ["CONFIG_FILE_PATH"] = str(plan.config_path)
     from litellm.proxy.proxy_server import app
 
-    from course_llm.proxy.hooks import database_upgraded
+    from course_llm.proxy.recorder import database_upgraded
     from course_llm.proxy.routes import mount_routes
 
     if plan.database_migrated:

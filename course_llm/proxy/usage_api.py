@@ -31,7 +31,7 @@ Errors are JSON `{"error": "..."}`: 400 for a bad filter (`"status: 'ok' is not 
 Responses never fail to render: a row another path wrote (plain SQL) may hold a value JSON cannot
 carry (NaN, ±Infinity), and Starlette's JSONResponse refuses those, which would turn one bad row
 into a 500 for every page that includes it. `db/usage.py` already reads such values as None;
-`_json` is the second line, cleaning the body (`recording.clean.clean_value`) only when rendering
+`plain_json` is the second line, cleaning the body (`recording.clean.clean_value`) only when rendering
 it failed.
 
 Query parameters are read as strings and validated by `course_llm.reporting.usage`, the same parser as the
@@ -87,7 +87,7 @@ _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 Answer = Callable[[SessionFactory, dict[str, str]], Awaitable[Response | dict[str, Any]]]
 
 
-def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+def plain_json(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
     """A JSON response of `content`; values JSON cannot carry become null, strings are cleaned."""
     try:
         return JSONResponse(content, status_code=status_code, headers=headers)
@@ -96,22 +96,24 @@ def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None =
         return JSONResponse(clean_value(content), status_code=status_code, headers=headers)
 
 
-def _error(status_code: int, message: str, **headers: str) -> JSONResponse:
-    return _json({"error": message}, status_code=status_code, headers=headers or None)
+def plain_error(status_code: int, message: str, **headers: str) -> JSONResponse:
+    return plain_json({"error": message}, status_code=status_code, headers=headers or None)
 
 
-def _refusal(request: Request, master_key: str | None) -> JSONResponse | None:
+def key_refusal(request: Request, master_key: str | None) -> JSONResponse | None:
     """The response refusing `request`, or None when it carries the master key."""
     if not master_key:
-        return _error(503, "the usage API is disabled: no master key is configured (set LITELLM_MASTER_KEY)")
+        return plain_error(
+            503, "the usage API is disabled: no master key is configured (set LITELLM_MASTER_KEY)"
+        )
     header = request.headers.get("authorization")
     if not header:
-        return _error(401, "missing Authorization header; send 'Bearer <master key>'", **_CHALLENGE)
+        return plain_error(401, "missing Authorization header; send 'Bearer <master key>'", **_CHALLENGE)
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not secrets.compare_digest(
         token.strip().encode("utf-8"), master_key.encode("utf-8")
     ):
-        return _error(401, "invalid master key", **_CHALLENGE)
+        return plain_error(401, "invalid master key", **_CHALLENGE)
     return None
 
 
@@ -145,24 +147,26 @@ def create_usage_router(
     router = APIRouter(tags=["usage"])
 
     async def serve(request: Request, allowed: tuple[str, ...], answer: Answer) -> Response:
-        refusal = _refusal(request, get_master_key())
+        refusal = key_refusal(request, get_master_key())
         if refusal is not None:
             return refusal
         try:
             params = _query(request, allowed)
             factory = get_session_factory()
             if factory is None:
-                return _error(503, "the usage API has no database: the proxy's call logging is not set up")
+                return plain_error(
+                    503, "the usage API has no database: the proxy's call logging is not set up"
+                )
             body = await answer(factory, params)
         except UsageQueryError as exc:
-            return _error(400, str(exc))
+            return plain_error(400, str(exc))
         except Exception as exc:
             if not is_database_error(exc):
                 raise
             log.warning("usage_query_failed", path=request.url.path, error=type(exc).__name__)
             first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return _error(503, f"database error: {first_line}")
-        return body if isinstance(body, Response) else _json(body)
+            return plain_error(503, f"database error: {first_line}")
+        return body if isinstance(body, Response) else plain_json(body)
 
     @router.get("/usage/calls")
     async def usage_calls(request: Request) -> Response:
@@ -215,7 +219,7 @@ def create_usage_router(
             # An id with a NUL was never stored (and PostgreSQL refuses it in a query).
             attempts = [] if "\x00" in request_id else await request_attempts(factory, request_id)
             if not attempts:
-                return _error(404, f"no calls recorded for request {request_id!r}")
+                return plain_error(404, f"no calls recorded for request {request_id!r}")
             line = request_line(attempts)
             return {"request_id": line["request_id"], "attempts": attempts, "request": line}
 

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import structlog
 
 from course_llm._litellm import load_litellm
+from course_llm.errors import AttemptSkippedError
 from course_llm.recording.payload import (
     EXTRA_KEY,
     REQUEST_ID_KEY,
@@ -40,8 +41,10 @@ from course_llm.recording.payload import (
 )
 from course_llm.recording.records import CallRecord, Source
 from course_llm.recording.rows import (
+    CONTEXT_WINDOW_SKIPPED,
     record_from_deployment_success,
     record_from_failure,
+    record_from_skip,
     record_from_success,
     success_request_id,
 )
@@ -53,8 +56,10 @@ __all__ = [
     "ROUTER_TAG",
     "TAGS_KEY",
     "CallLogger",
+    "Gate",
     "Sink",
     "litellm_tags",
+    "metadata_of",
     "record_from_failure",
     "record_from_success",
     "registry_cost",
@@ -75,6 +80,10 @@ _CHAT_CALL_TYPES = frozenset({"acompletion", "completion"})
 # The logger
 
 Sink = Callable[[CallRecord], None]
+#: Asked before each attempt whether it may go upstream: None lets it go; otherwise the
+#: `(error_class, message)` of the row of an attempt not made (the facade's and the proxy's
+#: circuit breakers, course_llm/control/breaker.py). Never called for calls that are not ours.
+Gate = Callable[[Mapping[str, Any]], tuple[str, str] | None]
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -99,10 +108,17 @@ class CallLogger(CustomLogger):
     """
 
     def __init__(
-        self, sink: Sink, *, source: Source, router_tag: str | None = None, max_tracked: int = 50_000
+        self,
+        sink: Sink,
+        *,
+        source: Source,
+        router_tag: str | None = None,
+        max_tracked: int = 50_000,
+        gate: Gate | None = None,
     ):
         super().__init__()
         self._sink = sink
+        self._gate = gate
         self._source: Source = source
         # Public on purpose: LiteLLM de-duplicates loggers by class and public scalar attributes,
         # so without it a second router's logger would silently not be installed.
@@ -114,6 +130,9 @@ class CallLogger(CustomLogger):
         # Requests whose final attempt a path hook recorded (or a stream is recording): LiteLLM's
         # later background events for them would be a second row. LRU-bounded like `_attempts`.
         self._claimed: OrderedDict[str, None] = OrderedDict()
+        # (request id, deployment id) of the skips recorded: LiteLLM checks a group again for
+        # each of its order levels, and a skip is one row. LRU-bounded like `_attempts`.
+        self._skipped: OrderedDict[tuple[str, str], None] = OrderedDict()
         self.events_dropped = 0
         self.rows_emitted = 0
 
@@ -192,6 +211,59 @@ class CallLogger(CustomLogger):
 
     def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         self._on_success(kwargs, response_obj, start_time, end_time)
+
+    # -- attempts not made -----------------------------------------------------------------------
+
+    async def async_pre_call_deployment_hook(self, kwargs: dict[str, Any], call_type: Any) -> None:
+        """Ask the gate whether this attempt may go upstream. When not, its row is written here and
+        AttemptSkippedError ends the attempt before any request (LiteLLM runs no failure hook for
+        it, and course_llm's retry rule moves the chain on at once). Returns None: the call is
+        never modified."""
+        self.admit(kwargs)
+
+    def admit(self, kwargs: Mapping[str, Any]) -> None:
+        """The gate's check of one attempt (see `async_pre_call_deployment_hook`)."""
+        if self._gate is None:
+            return
+        try:
+            verdict = self._gate(kwargs) if self._mine(metadata_of(kwargs)) else None
+            if verdict is not None:
+                error_class, message = verdict
+                info = kwargs.get("model_info") or metadata_of(kwargs).get("model_info") or {}
+                record = record_from_skip(
+                    kwargs, info, error_class=error_class, message=message, source=self._source
+                )
+                self._emit(record)
+        except Exception as exc:  # a gate that fails lets the attempt go: it never costs an answer
+            self._dropped("gate", exc)
+            return
+        if verdict is not None:
+            raise AttemptSkippedError(error_class, record.model_id, message)
+
+    def record_context_skip(self, request_kwargs: Any, deployments: Any, tokens: int) -> None:
+        """A row for each deployment LiteLLM's pre-call context check left out of the request
+        (course_llm/_litellm/context.py calls this; `tokens` is LiteLLM's count of the prompt)."""
+        try:
+            if not self._mine(metadata_of(request_kwargs)):
+                return
+            for deployment in deployments:
+                info = deployment.get("model_info") or {}
+                limit = info.get("max_input_tokens")
+                message = f"prompt of {tokens} tokens is over the model's max_context of {limit}: not sent"
+                record = record_from_skip(
+                    request_kwargs,
+                    info,
+                    error_class=CONTEXT_WINDOW_SKIPPED,
+                    message=message,
+                    source=self._source,
+                )
+                key = (record.request_id, str(info.get("id") or ""))
+                if key in self._skipped:
+                    continue
+                remember(self._skipped, key, None, self._max_tracked)
+                self._emit(record)
+        except Exception as exc:  # a logger must never break the call it records
+            self._dropped("context_skip", exc)
 
     # -- failures ------------------------------------------------------------------------------
 

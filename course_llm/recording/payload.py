@@ -21,6 +21,14 @@ from course_llm.routing.registry import DEFAULT_STRATEGY
 ROUTER_TAG = "course_llm_router"
 #: Metadata key for caller metadata that is not attribution (lands in the row's metadata column).
 EXTRA_KEY = "course_llm_extra"
+#: The group the caller asked for (`<action>/<strategy>`), when course_llm serves the request by
+#: another (a budget's downgrade): the row's `strategy`. LiteLLM rewrites its own
+#: `original_model_group` to the group it was called with, so course_llm keeps its own key.
+ASKED_GROUP_KEY = "course_llm_asked_group"
+#: Key of the row metadata naming the budget that downgraded the request (course_llm/control/),
+#: and the request metadata key the proxy marks such a request with.
+BUDGET_KEY = "budget"
+BUDGET_MARK_KEY = "course_llm_budget"
 #: The request id course_llm gave the request (the proxy's LiteLLM failure events carry another).
 REQUEST_ID_KEY = "course_llm_request_id"
 #: The caller's tags as given (a mapping or a list); LiteLLM itself gets `litellm_tags(tags)`.
@@ -105,7 +113,10 @@ def attribution(metadata: Mapping[str, Any]) -> tuple[str | None, str | None, di
     if is_mapping(facade_extra):
         extra.update(facade_extra)
     elif caller is requester:
-        extra.update({k: v for k, v in caller.items() if _caller_key(k)})
+        # A proxy client's own `budget` key would pass for a downgrade's mark: only ours is kept.
+        extra.update({k: v for k, v in caller.items() if _caller_key(k) and k != BUDGET_KEY})
+        if isinstance(mark := metadata.get(BUDGET_MARK_KEY), str):
+            extra[BUDGET_KEY] = mark
     tags = metadata.get(TAGS_KEY) or caller.get(TAGS_KEY) or caller.get("tags", metadata.get("tags"))
     if tags:
         extra["tags"] = tags

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from course_llm.recording.payload import (
+    ASKED_GROUP_KEY,
     as_utc,
     attribution,
     call_details,
@@ -35,6 +36,9 @@ from course_llm.recording.payload import (
 from course_llm.recording.prompts import preview_of, prompt_hashes, response_preview
 from course_llm.recording.records import CallRecord, Source, redact, status_code_of
 
+#: error_class of an attempt not made: LiteLLM's pre-call check found the prompt over the model's
+#: context window (course_llm/_litellm/context.py).
+CONTEXT_WINDOW_SKIPPED = "ContextWindowSkipped"
 #: error_class of a stream whose upstream stopped without saying it had finished.
 INCOMPLETE_STREAM = "IncompleteStream"
 #: error_class of a stream whose client hung up before it ended.
@@ -60,7 +64,12 @@ def record_from_success(
     params: Mapping[str, Any] = kwargs.get("litellm_params") or {}
     metadata = metadata_of(params)
     model_info = params.get("model_info") or metadata.get("model_info") or {}
-    requested = metadata.get("original_model_group") or slo.get("model_group") or metadata.get("model_group")
+    requested = (
+        metadata.get(ASKED_GROUP_KEY)
+        or metadata.get("original_model_group")
+        or slo.get("model_group")
+        or metadata.get("model_group")
+    )
     action, strategy = split_group(requested)
     served_action, served_strategy, model_id = deployment_of(model_info, slo.get("model_group"))
     started = as_utc(kwargs.get("api_call_start_time") or start_time)
@@ -122,7 +131,9 @@ def _attempt(
     """
     metadata = metadata_of(request_data)
     info = model_info or request_data.get("model_info") or metadata.get("model_info") or {}
-    requested = metadata.get("original_model_group") or metadata.get("model_group")
+    requested = (
+        metadata.get(ASKED_GROUP_KEY) or metadata.get("original_model_group") or metadata.get("model_group")
+    )
     action, strategy = split_group(requested)
     served_action, served_strategy, model_id = deployment_of(info, metadata.get("model_group"))
     details = call_details(request_data)
@@ -174,6 +185,26 @@ def record_from_failure(
     """The row for a failed attempt, from `async_post_call_failure_deployment_hook` arguments."""
     record = _attempt(request_data, source=source, success=False, now=now, started=started)
     return _fail(record, exception)
+
+
+def record_from_skip(
+    request_data: Mapping[str, Any],
+    model_info: Mapping[str, Any],
+    *,
+    error_class: str,
+    message: str,
+    source: Source,
+    now: datetime | None = None,
+) -> CallRecord:
+    """The row of an attempt course_llm or LiteLLM decided not to make: no upstream request, so no
+    status, no tokens, latency 0, and `error_class` saying why."""
+    moment = now or datetime.now(UTC)
+    record = _attempt(
+        request_data, source=source, success=False, now=moment, started=moment, model_info=model_info
+    )
+    record.error_class = error_class
+    record.error_message = redact(message)
+    return record
 
 
 def record_from_deployment_success(

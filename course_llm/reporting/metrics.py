@@ -24,6 +24,20 @@ and, read from the row writer at each scrape (`watch_writer`), how recording its
     course_llm_database_available          1 while the database takes writes
     course_llm_recording_healthy           1 while every row is journaled before its answer leaves
 
+and, from the registry's budgets and circuit breaker at each scrape (`watch_controls`;
+course_llm/control/controls.py):
+
+    course_llm_budget_spent_usd{budget}              spend of the budget's current period
+    course_llm_budget_limit_usd{budget}              its limit
+    course_llm_budget_exceeded{budget}               1 once the spend reached the limit
+    course_llm_budget_downgraded{budget}             1 while requests are served by the budget chain
+    course_llm_budget_refusals_total{budget}         requests refused because the budget is spent
+
+    course_llm_circuit_open{model_id,state}          1 per model whose circuit is open or half-open
+    course_llm_circuit_reopens_in_seconds{model_id}  time until an open circuit lets a trial through
+    course_llm_circuit_skips_total                   attempts skipped because their circuit was open
+    course_llm_circuit_opened_total                  times a circuit opened (or re-opened)
+
 Each recorder owns its `CollectorRegistry`: the global default registry would make two recorders
 (two tests, two apps in one process) collide on metric names.
 """
@@ -176,6 +190,10 @@ class MetricsRecorder:
         """Expose the row writer's own counters (`RecordWriter.stats`), read at each scrape."""
         self.registry.register(_WriterCollector(stats))
 
+    def watch_controls(self, controls: Callable[[], Any]) -> None:
+        """Expose the budgets and breaker of the `Controls` that `controls()` returns at each scrape."""
+        self.registry.register(_ControlsCollector(controls))
+
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of every metric, and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -208,6 +226,71 @@ class _WriterCollector(Collector):
             "course_llm_recording_healthy",
             "1 while every row is journaled before its answer leaves",
             value=int(stats["degraded"] is None),
+        )
+
+
+class _ControlsCollector(Collector):
+    def __init__(self, controls: Callable[[], Any]) -> None:
+        self._controls = controls
+
+    def collect(self) -> Iterator[Metric]:
+        controls = self._controls()
+        yield from self._budgets(controls)
+        yield from self._circuits(controls.breaker)
+
+    @staticmethod
+    def _budgets(controls: Any) -> Iterator[Metric]:
+        statuses = controls.budget_statuses()
+        gauges: list[tuple[str, str, Callable[[Any], Any]]] = [
+            ("course_llm_budget_spent_usd", "spend of the budget's current period", lambda s: s.spent_usd),
+            ("course_llm_budget_limit_usd", "the budget's limit", lambda s: s.limit_usd),
+            (
+                "course_llm_budget_exceeded",
+                "1 once the spend reached the limit",
+                lambda s: s.state == "exceeded",
+            ),
+            (
+                "course_llm_budget_downgraded",
+                "1 while requests go to the budget chain",
+                lambda s: s.state == "downgraded",
+            ),
+        ]
+        for name, help_text, value in gauges:
+            gauge = GaugeMetricFamily(name, help_text, labels=["budget"])
+            for status in statuses:
+                gauge.add_metric([status.name], float(value(status)))
+            yield gauge
+        refusals = CounterMetricFamily(
+            "course_llm_budget_refusals", "requests refused because the budget is spent", labels=["budget"]
+        )
+        for status in statuses:
+            refusals.add_metric([status.name], controls.refusals.get(status.name, 0))
+        yield refusals
+
+    @staticmethod
+    def _circuits(breaker: Any) -> Iterator[Metric]:
+        circuits = breaker.open_circuits() if breaker is not None else []
+        state = GaugeMetricFamily(
+            "course_llm_circuit_open",
+            "1 per model whose circuit is open or half-open",
+            labels=["model_id", "state"],
+        )
+        reopens = GaugeMetricFamily(
+            "course_llm_circuit_reopens_in_seconds",
+            "seconds until an open circuit lets one trial request through",
+            labels=["model_id"],
+        )
+        for circuit in circuits:
+            state.add_metric([circuit.model_id, circuit.state], 1)
+            reopens.add_metric([circuit.model_id], circuit.reopens_in_s)
+        yield state
+        yield reopens
+        skips, opened = (breaker.skips_total, breaker.opened_total) if breaker is not None else (0, 0)
+        yield CounterMetricFamily(
+            "course_llm_circuit_skips", "attempts skipped because their model's circuit was open", value=skips
+        )
+        yield CounterMetricFamily(
+            "course_llm_circuit_opened", "times a circuit opened or re-opened", value=opened
         )
 
 

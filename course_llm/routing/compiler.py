@@ -46,6 +46,8 @@ PROXY_CALLBACK = "course_llm.proxy.callback.logger"
 #: The proxy's auth function: the master key only, 401 otherwise (course_llm/proxy/auth.py).
 PROXY_AUTH = "course_llm.proxy.auth.user_api_key_auth"
 MASTER_KEY_REF = "os.environ/LITELLM_MASTER_KEY"
+#: Top-level key of the proxy config holding the registry's control sections (LiteLLM ignores it).
+CONTROLS_KEY = "course_llm"
 #: Where the proxy's Redis response cache finds its server (settings.py `redis_url`).
 REDIS_URL_ENV = "COURSE_LLM_REDIS_URL"
 
@@ -173,6 +175,9 @@ def compile_router_config(
             "num_retries": max_attempts - 1,
             "retry_after": 0,
             "disable_cooldowns": True,
+            # A model whose max_context is below the prompt's token count is not tried; LiteLLM
+            # drops it without a word, so course_llm/_litellm/context.py makes each skip a row.
+            "enable_pre_call_checks": True,
             "fallbacks": fallbacks,
             # Context-window and content-policy 400s walk on like any permanent error: the rest of
             # the chain, then the same cross-group fallbacks (`_rest_of_chain` says why).
@@ -213,7 +218,9 @@ def compile_proxy_config(
         # LiteLLM's Router passes `caching=<cache_responses>` to every call, and False bypasses
         # the proxy's cache: without this the cache above is never read.
         router["router_settings"]["cache_responses"] = True
+    controls = _controls(registry)
     return {
+        **({CONTROLS_KEY: controls} if controls else {}),
         "model_list": router["model_list"],
         "router_settings": router["router_settings"],
         "litellm_settings": litellm_settings,
@@ -225,6 +232,18 @@ def compile_proxy_config(
             "trusted_proxy_ranges": [],
         },
     }
+
+
+def _controls(registry: Registry) -> dict[str, Any]:
+    """The registry's control sections, for the proxy's logger (course_llm/proxy/recorder.py)."""
+    controls: dict[str, Any] = {}
+    if registry.circuit_breaker is not None:
+        controls["circuit_breaker"] = registry.circuit_breaker.model_dump()
+    if registry.budgets:
+        controls["budgets"] = {
+            name: budget.model_dump(exclude_none=True) for name, budget in registry.budgets.items()
+        }
+    return controls
 
 
 def _cache_params(cache: CacheConfig) -> dict[str, Any]:

@@ -18,12 +18,13 @@ a call still running while its router closes can end up there.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import structlog
 
 from course_llm._litellm import add_callback, remove_callback
-from course_llm.recording.callback import CallLogger
+from course_llm.recording.callback import EXTRA_KEY, CallLogger, Gate, metadata_of
 from course_llm.recording.records import CallRecord
 
 __all__ = ["ROUTER_ID_KEY", "SDK_ROUTER_TAG", "RouterDispatch", "router_dispatch"]
@@ -44,26 +45,38 @@ class RouterDispatch:
 
     def __init__(self) -> None:
         self._sinks: dict[str, Sink] = {}
-        self.logger = CallLogger(self.dispatch, source="sdk", router_tag=SDK_ROUTER_TAG)
+        self._gates: dict[str, Gate] = {}
+        self.logger = CallLogger(self.dispatch, source="sdk", router_tag=SDK_ROUTER_TAG, gate=self.gate)
         self.rows_unrouted = 0
 
-    def register(self, router_id: str, sink: Sink) -> None:
-        """Deliver the rows of calls carrying `router_id` to `sink`, from now until `unregister`.
+    def register(self, router_id: str, sink: Sink, gate: Gate | None = None) -> None:
+        """Deliver the rows of calls carrying `router_id` to `sink`, from now until `unregister`;
+        `gate` decides whether each of their attempts may go upstream (CallLogger's `Gate`).
 
         Raises CourseLLMError when LiteLLM does not take the logger (its callback list is full).
         """
         add_callback(self.logger)  # a no-op when installed; verified either way
         self._sinks[router_id] = sink
+        if gate is not None:
+            self._gates[router_id] = gate
 
     def unregister(self, router_id: str) -> None:
         """Stop delivering to `router_id`; the last router out takes the logger out of LiteLLM."""
         self._sinks.pop(router_id, None)
+        self._gates.pop(router_id, None)
         if not self._sinks:
             remove_callback(self.logger)
 
     @property
     def open_routers(self) -> int:
         return len(self._sinks)
+
+    def gate(self, kwargs: Mapping[str, Any]) -> tuple[str, str] | None:
+        """The logger's gate: the gate of the router that made the call, if it has one."""
+        extra = metadata_of(kwargs).get(EXTRA_KEY)
+        router_id = extra.get(ROUTER_ID_KEY) if isinstance(extra, Mapping) else None
+        gate = self._gates.get(router_id) if isinstance(router_id, str) else None
+        return gate(kwargs) if gate is not None else None
 
     def dispatch(self, record: CallRecord) -> None:
         """The logger's sink: hand `record` to the router that made the call, or count it unrouted."""

@@ -29,6 +29,9 @@ from course_llm._litellm import (
     install_response_cache,
     load_litellm,
 )
+from course_llm.control.breaker import CircuitBreaker
+from course_llm.control.budgets import SpendSource
+from course_llm.control.controls import Controls
 from course_llm.errors import (
     AllModelsFailedError,
     CourseLLMError,
@@ -43,6 +46,7 @@ from course_llm.recording.callback import (
     CallLogger,
     litellm_tags,
 )
+from course_llm.recording.payload import ASKED_GROUP_KEY
 from course_llm.recording.records import CallRecord, new_id, utcnow
 from course_llm.recording.secrets import register_secrets, secret_values_from
 from course_llm.recording.writer import RecordWriter
@@ -104,6 +108,7 @@ class ModelRouter:
         timeout_s: float = 600.0,
         mock: bool = False,
         redis_url: str | None = None,
+        spend_source: SpendSource | None = None,
     ) -> None:
         if fallback_strategy is not None:
             known = {strategy for _, strategy, _ in registry.chains()}
@@ -130,15 +135,27 @@ class ModelRouter:
         self._closed = False
         # One logger serves every router of the process (LiteLLM takes at most 100 callbacks).
         self._dispatch = router_dispatch()
+        # The registry's budgets (spend shared through `spend_source`, the database) and breaker.
+        self.controls = Controls(registry.budgets, registry.circuit_breaker, self._has_chain, spend_source)
         try:
-            self._dispatch.register(self._id, self._on_record)
+            self._dispatch.register(self._id, self._on_record, self._gate)
         except CourseLLMError:
             self._router.discard()
             raise
 
     # -- lifecycle -------------------------------------------------------------------------------
 
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        """The registry's circuit breaker for this router's models (None without the section)."""
+        return self.controls.breaker
+
+    @breaker.setter
+    def breaker(self, breaker: CircuitBreaker | None) -> None:
+        self.controls.breaker = breaker
+
     async def __aenter__(self) -> Self:
+        await self.controls.start()  # the budgets' spend as the database says, before any call
         if self._writer is not None:
             self._writer.start()  # writes what a killed process left in the journal, before any call
         return self
@@ -156,6 +173,7 @@ class ModelRouter:
         await flush_logging_worker()  # LiteLLM's background events of finished calls reach us first
         self._dispatch.unregister(self._id)
         self._router.discard()
+        await self.controls.aclose()
         if self._writer is not None:
             await self._writer.aclose()
 
@@ -214,7 +232,17 @@ class ModelRouter:
 
     # -- requests --------------------------------------------------------------------------------
 
+    def _has_chain(self, action: str, strategy: str) -> bool:
+        return group_name(action, strategy) in self._groups
+
+    def _gate(self, kwargs: Mapping[str, Any]) -> tuple[str, str] | None:
+        """Before each attempt: may it go upstream (CallLogger's `Gate`)?"""
+        info = kwargs.get("model_info") or {}
+        model_id = info.get("course_llm_model_id") if isinstance(info, Mapping) else None
+        return self.controls.gate(model_id) if isinstance(model_id, str) else None
+
     def _on_record(self, record: CallRecord) -> None:
+        self.controls.observe(record)
         if not record.success and (bucket := self._failures.get(record.request_id)) is not None:
             bucket.append(record)
         if self._writer is not None:
@@ -248,21 +276,23 @@ class ModelRouter:
             raise RuntimeError("this ModelRouter is closed")
         self.registry.chain_ids(action, strategy)  # UnknownActionError before anything is sent
         request_id = str(new_id())
-        group = self._entry_group(action, strategy)
+        scope = current_scope()
+        # A spent budget raises BudgetExceededError here: nothing is sent, no row is written.
+        plan = self.controls.plan(action, strategy, scope.tenant_id, scope.operation)
+        group = self._entry_group(action, plan.strategy)
         if group is None:
             reason = f"every model is disabled (providers: {', '.join(sorted(self._disabled))})"
             raise AllModelsFailedError(action, strategy, request_id, [], reason=reason)
-        scope = current_scope()
         call_metadata: dict[str, Any] = {
             ROUTER_TAG: SDK_ROUTER_TAG,
-            "original_model_group": group_name(action, strategy),
+            ASKED_GROUP_KEY: group_name(action, strategy),
             REQUEST_ID_KEY: request_id,
             "tenant_id": scope.tenant_id,
             "operation": scope.operation,
             "tags": litellm_tags(scope.tags),
             TAGS_KEY: dict(scope.tags),
             # The row's metadata, and the router its rows go to (taken out again by the dispatch).
-            EXTRA_KEY: {**(metadata or {}), ROUTER_ID_KEY: self._id},
+            EXTRA_KEY: {**(metadata or {}), **plan.metadata(), ROUTER_ID_KEY: self._id},
         }
         if scope.end_user is not None:
             params.setdefault("user", scope.end_user)

@@ -39,6 +39,8 @@ def create_model_router(
 
     `max_attempts` and `fallback_strategy` default to the settings' values (2 and none).
     """
+    from course_llm.db.spend import DatabaseSpend
+
     settings = settings or Settings()
     registry = registry or load_registry(settings.registry_path)
     # Provider keys, the master key and the database password are masked in every row and log.
@@ -63,6 +65,10 @@ def create_model_router(
         timeout_s=settings.request_timeout_s,
         mock=settings.mock,
         redis_url=settings.redis_url.get_secret_value() if settings.redis_url else None,
+        # Budgets count what every process's rows say: the database is their spend source.
+        spend_source=DatabaseSpend(session_factory)
+        if session_factory is not None and registry.budgets
+        else None,
     )
 
 

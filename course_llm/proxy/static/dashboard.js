@@ -218,11 +218,13 @@
       const unit = CL.bucketUnit(since, until);
       const buckets = CL.bucketKeys(since, until, unit);
       $("#range-note").textContent = `${CL.utcTime(since.toISOString())} → ${CL.utcTime(until.toISOString())} UTC · ${unit === "hour" ? "hourly" : "daily"} buckets`;
-      const [totals, requests, byAction, byModel, models, tenants, operations, users, tags, errors] = await Promise.all([
+      // Budgets and circuits are optional: a proxy without them (an older one) leaves the panel empty.
+      const optional = (path) => api(path).catch((error) => { if (error instanceof AuthError) throw error; return null; });
+      const [totals, requests, byAction, byModel, models, tenants, operations, users, tags, errors, budgets, circuits] = await Promise.all([
         summary(""), api("usage/requests?" + query({ page_size: "1" })),
         summary(unit + ",action"), summary(unit + ",model_id"), summary("model_id"), summary("tenant_id"),
         summary("operation"), summary("end_user"), api("usage/tags?" + query()),
-        summary("error_class", { status: "error" }),
+        summary("error_class", { status: "error" }), optional("usage/budgets"), optional("usage/circuits"),
       ]);
       if (!latest()) return;
       CL.renderKpis(totals.totals, requests.totals);
@@ -237,6 +239,8 @@
       CL.renderBreakdown("#users-table", users.groups, "end_user");
       CL.renderBreakdown("#tags-table", tags.groups, "tag");
       CL.renderErrors(errors.groups);
+      CL.renderBudgets(budgets && budgets.budgets);
+      CL.renderCircuits(circuits && circuits.circuits);
       await loadView();
       if (!latest()) return;
       let empty = false;

@@ -63,6 +63,33 @@
     }
   };
 
+  // Budgets and open circuits are the proxy's state now, not the selected range's.
+  CL.renderBudgets = (budgets) => {
+    const body = $("#budgets-table tbody");
+    body.replaceChildren();
+    if (!budgets) return emptyRow(body, 6, "Not available from this proxy.");
+    if (!budgets.length) return emptyRow(body, 6, "No budgets in the registry.");
+    for (const b of budgets) {
+      body.append(h("tr", { "data-key": b.name, "data-state": b.state },
+        h("td", {}, b.name), h("td", {}, b.period), h("td", { class: "num" }, usd(b.spent_usd)),
+        h("td", { class: "num" }, usd(b.limit_usd)), h("td", { class: "state-" + b.state }, b.state),
+        h("td", {}, utcTime(b.resets_at))));
+    }
+  };
+
+  CL.renderCircuits = (circuits) => {
+    const body = $("#circuits-table tbody");
+    body.replaceChildren();
+    if (!circuits) return emptyRow(body, 5, "Not available from this proxy.");
+    if (!circuits.length) return emptyRow(body, 5, "Every circuit is closed.");
+    for (const c of circuits) {
+      body.append(h("tr", { "data-key": c.model_id, "data-state": c.state },
+        h("td", {}, c.model_id), h("td", { class: "state-" + c.state }, c.state.replace("_", "-")),
+        h("td", { class: "num" }, c.state === "open" ? c.reopens_in_s.toFixed(1) + " s" : "now"),
+        h("td", { class: "num" }, int(c.consecutive_failures)), h("td", { class: "num" }, int(c.skipped))));
+    }
+  };
+
   CL.renderErrors = (groups) => {
     const body = $("#errors-table tbody");
     body.replaceChildren();
