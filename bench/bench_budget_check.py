@@ -38,7 +38,7 @@ from uuid import UUID
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from course_llm.control.budgets import BudgetBook, SpendWindow, period_window
-from course_llm.routing.sections import BudgetConfig, BudgetMatch
+from course_llm.control.sections import BudgetConfig, BudgetMatch
 
 ACTION, TENANT, OPERATION = "text_processing", "acme", "grade"
 RUNS = 7

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from course_llm.control.breaker import CircuitBreaker
-from course_llm.routing.sections import CircuitBreakerConfig
+from course_llm.control.sections import CircuitBreakerConfig
 
 FAILURES = 3
 COOLDOWN = 30.0

@@ -249,3 +249,52 @@ async def _metrics(process: ProxyProcess) -> str:
         response = await http.get("/metrics", headers={"Authorization": f"Bearer {KEY}"})
     assert response.status_code == 200
     return response.text
+
+
+def test_a_cache_hit_is_no_news_about_the_model() -> None:
+    from course_llm.control.controls import Controls
+    from course_llm.control.sections import CircuitBreakerConfig
+    from course_llm.recording.records import CallRecord
+
+    controls = Controls({}, CircuitBreakerConfig(failures=1, cooldown_s=30), lambda action, strategy: True)
+    failed = CallRecord(
+        "r1", 1, ACTION, "default", "default", "openai", "first", False, "sdk", status_code=500
+    )
+    controls.observe(failed)
+    assert controls.breaker is not None and controls.breaker.state("first") == "open"
+    hit = CallRecord("r2", 1, ACTION, "default", "default", "openai", "first", True, "sdk", cache_hit=True)
+    controls.observe(hit)
+    assert controls.breaker.state("first") == "open"  # a hit sent nothing to the model
+
+
+@pytest.mark.e2e
+async def test_a_stream_skipped_by_an_open_circuit_is_one_row(tmp_path: Any) -> None:
+    from tests.fake_upstream import FakeUpstream
+    from tests.test_proxy_e2e import client, e2e_registry
+
+    with FakeUpstream() as fake:
+        data = yaml.safe_load(e2e_registry(fake, tmp_path / "base.yaml").read_text())
+        data["circuit_breaker"] = {"failures": 2, "cooldown_s": 600}
+        registry = tmp_path / "models.yaml"
+        registry.write_text(yaml.safe_dump(data))
+        db_url = f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}"
+        port = free_port()
+        argv = serve_argv("--registry", str(registry), "--port", str(port))
+        process = ProxyProcess(argv, proxy_env(db_url, tmp_path), port, tmp_path / "proxy.log").start()
+        try:
+            fake.set_behaviour("deepseek-chat", statuses=[500])
+            await _ask(process, ACTION)  # deepseek-chat fails twice: its circuit opens
+            raw = await client(process).chat.completions.with_raw_response.create(
+                model=ACTION, messages=[{"role": "user", "content": "stream it"}], stream=True
+            )
+            text = "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
+            rows = await rows_of(db_url, raw.headers["x-course-llm-request-id"], 2)
+            sent = len(fake.requests("deepseek-chat"))
+        finally:
+            process.stop()
+    assert text
+    assert [(r.attempt, r.model_id, r.status_code, r.error_class, r.success, r.latency_ms) for r in rows] == [
+        (1, "deepseek-chat", None, OPEN, False, 0),
+        (2, "gemini-2.5-flash", None, None, True, rows[1].latency_ms),
+    ]
+    assert sent == 2  # the two failures; the stream sent it nothing

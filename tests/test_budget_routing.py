@@ -274,3 +274,18 @@ async def test_course_llm_budgets_prints_each_budgets_spend(
     assert table.exit_code == 0 and "daily" in table.output and "downgraded" in table.output
     empty = await asyncio.to_thread(runner.invoke, app, ["budgets"])  # the shipped registry: none
     assert empty.exit_code == 0 and "no budgets in" in empty.output
+
+
+async def test_a_nul_in_the_tenant_id_does_not_escape_its_budget(up: ScriptedUpstream) -> None:
+    """The row stores the tenant id cleaned ("ac\\x00me" is "acme"): so does the budget check."""
+    data = budgeted(up.base_url)
+    data["budgets"]["daily"]["match"] = {"tenant_id": "acme"}
+    rows = Rows()
+    async with ModelRouter(parse_registry(data), writer=rows) as router:  # type: ignore[arg-type]
+        with call_scope(tenant_id="ac\x00me"):
+            for _ in range(3):
+                await router.complete(ACTION, "x")
+        with call_scope(tenant_id="acme"), pytest.raises(BudgetExceededError):
+            await router.complete(ACTION, "x")
+        with call_scope(tenant_id="a\x00cme"), pytest.raises(BudgetExceededError):
+            await router.complete(ACTION, "x")

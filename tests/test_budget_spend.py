@@ -13,11 +13,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from course_llm.control.budgets import BudgetBook, SpendWindow, period_window
+from course_llm.control.sections import BudgetConfig, BudgetMatch
 from course_llm.db import create_session_factory, dispose_session_factory, insert_records
 from course_llm.db.spend import DatabaseSpend, period_spend, stored_ids
 from course_llm.db.writes import insert_rows
 from course_llm.recording.records import CallRecord
-from course_llm.routing.sections import BudgetConfig, BudgetMatch
 from tests.rows import row
 
 Factory = async_sessionmaker[AsyncSession]

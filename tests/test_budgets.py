@@ -17,7 +17,7 @@ import pytest
 import structlog
 
 from course_llm.control.budgets import OK, BudgetBook, SpendWindow, period_window
-from course_llm.routing.sections import BudgetConfig, BudgetMatch
+from course_llm.control.sections import BudgetConfig, BudgetMatch
 
 NOON = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
 

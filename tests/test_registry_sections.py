@@ -48,7 +48,7 @@ def test_the_sections_load_with_their_defaults(tmp_path: Path, data: dict[str, A
 
 
 def test_a_budget_match_needs_every_given_field() -> None:
-    from course_llm.routing.sections import BudgetMatch
+    from course_llm.control.sections import BudgetMatch
 
     match = BudgetMatch(action="text_processing", tenant_id="acme")
     assert match.matches("text_processing", "acme", "op")

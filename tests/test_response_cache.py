@@ -337,3 +337,34 @@ async def test_serve_with_a_redis_cache_keeps_answers_in_redis(
     assert [r["path"] for r in up.requests()] == ["/v1/chat/completions"]
     assert (miss.cache_hit, hit.cache_hit, hit.cost_usd) == (False, True, 0)
     assert len(answers) == 1 and stored is not None and b"chat.completion" in stored
+
+
+async def test_each_tenant_has_a_cache_of_its_own(up: FakeUpstream) -> None:
+    """LiteLLM's key has no tenant in it: course_llm gives each tenant a namespace."""
+    from course_llm import call_scope
+
+    rows = Rows()
+    registry = parse_registry(cached_registry(up, {"type": "local"}))
+    async with ModelRouter(registry, writer=rows) as router:  # type: ignore[arg-type]
+        with call_scope(tenant_id="acme"):
+            first, again = await ask_twice(router, "the same question")
+        with call_scope(tenant_id="globex"):
+            other = await router.complete("text_processing", "the same question")
+    assert len(up.requests()) == 2
+    assert [rows.of(r.request_id).cache_hit for r in (first, again, other)] == [False, True, False]
+
+
+@pytest.mark.e2e
+async def test_serve_keeps_tenants_caches_apart_whatever_namespace_a_client_names(
+    served: tuple[ProxyProcess, str], up: FakeUpstream
+) -> None:
+    from course_llm._litellm import tenant_namespace
+
+    process, db_url = served
+    content = f"tenant question {uuid.uuid4()}"
+    miss, hit = await _ask_twice(process, db_url, content, metadata={"tenant_id": "acme"})
+    forged = {"redis_namespace": tenant_namespace("acme") or ""}  # no tenant: the shared namespace
+    other_id, _ = await _ask(process, content, metadata=forged)
+    [other] = await rows_of(db_url, other_id, 1)
+    assert (miss.cache_hit, hit.cache_hit, other.cache_hit) == (False, True, False)
+    assert len(up.requests()) == 2 and other.tenant_id is None

@@ -11,7 +11,7 @@ Every other course_llm module reaches LiteLLM through the names re-exported here
 callback and `proxy/` also import LiteLLM's own modules).
 """
 
-from course_llm._litellm.cache import cache_request_params, install_response_cache
+from course_llm._litellm.cache import cache_request_params, install_response_cache, tenant_namespace
 from course_llm._litellm.context import CONTEXT_ERROR
 from course_llm._litellm.core import (
     ALL_FALLBACKS_FAILED_LOG,
@@ -58,4 +58,5 @@ __all__ = [
     "pricing_parameters",
     "remove_callback",
     "retry_after_s",
+    "tenant_namespace",
 ]

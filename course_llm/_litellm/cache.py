@@ -5,6 +5,7 @@ The proxy gets the same cache from its compiled config (course_llm/routing/compi
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from course_llm._litellm.core import load_litellm
@@ -32,10 +33,26 @@ def install_response_cache(kind: str, redis_url: str | None = None) -> None:
         litellm.cache = litellm.Cache(type="local", mode="default_off")  # type: ignore[attr-defined]
 
 
-def cache_request_params(ttl_s: float) -> dict[str, Any]:
+def cache_request_params(ttl_s: float, tenant_id: str | None = None) -> dict[str, Any]:
     """The call arguments that make one request use the response cache, keeping hits `ttl_s`.
 
     LiteLLM's Router passes `caching=<its cache_responses>` (False) to every call unless the call
     says otherwise, and a `default_off` cache is used only with `cache={"use-cache": True}`.
+    A tenant's requests get a namespace of their own (`tenant_namespace`).
     """
-    return {"caching": True, "cache": {"use-cache": True, "ttl": ttl_s}}
+    controls: dict[str, Any] = {"use-cache": True, "ttl": ttl_s}
+    if (namespace := tenant_namespace(tenant_id)) is not None:
+        controls["namespace"] = namespace
+    return {"caching": True, "cache": controls}
+
+
+def tenant_namespace(tenant_id: str | None) -> str | None:
+    """The cache namespace of a tenant's requests (None: no tenant, the shared namespace).
+
+    LiteLLM's cache key is the model group, the messages and the model parameters: two tenants
+    asking the same question would get each other's answers. A namespace per tenant (LiteLLM
+    prefixes the key with it) keeps them apart; hashed, so no tenant id reaches a Redis key.
+    """
+    if not tenant_id:
+        return None
+    return "course_llm-tenant-" + hashlib.sha256(tenant_id.encode("utf-8", "surrogatepass")).hexdigest()[:24]

@@ -1,10 +1,12 @@
-"""Cost control: what the registry's `budgets:` and `circuit_breaker:` sections do at run time.
+"""Cost control: what the registry's `cache:`, `budgets:` and `circuit_breaker:` sections do.
 
-    budgets  BudgetBook: in-memory spend per budget, checked on the request path without I/O,
-             refreshed from the database in the background
-    breaker  the circuit breaker: a model skipped after consecutive transient failures
+    sections  the sections' Pydantic models; the registry validates them with the rest of it
+    budgets   BudgetBook: in-memory spend per budget, checked on the request path without I/O,
+              refreshed from the database in the background
+    breaker   the circuit breaker: a model skipped after consecutive transient failures
+    controls  Controls: budgets and breaker as one facade router or one proxy process applies them
 
-The registry (`course_llm.routing.sections`) only parses and validates these sections; this
-package decides, per request, what they mean. It imports neither LiteLLM nor SQLAlchemy: the
-database query behind a budget refresh is `course_llm.db.spend`, handed in by whoever builds the book.
+Imports flow in, never out: the registry, the facade and the proxy use this package; it uses
+only `errors` and the row types of `recording`. It imports neither LiteLLM nor SQLAlchemy: the
+database query behind a budget refresh is `course_llm.db.spend`, handed in by whoever builds it.
 """

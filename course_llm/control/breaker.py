@@ -48,9 +48,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from course_llm.errors import PERMANENT_STATUS_CODES
+from course_llm.control.sections import CircuitBreakerConfig
+from course_llm.errors import PERMANENT_STATUS_CODES, AttemptSkippedError
 from course_llm.recording.records import CallRecord
-from course_llm.routing.sections import CircuitBreakerConfig
 
 __all__ = ["CIRCUIT_OPEN", "CircuitBreaker", "CircuitState", "OpenCircuit"]
 
@@ -58,7 +58,9 @@ __all__ = ["CIRCUIT_OPEN", "CircuitBreaker", "CircuitState", "OpenCircuit"]
 CIRCUIT_OPEN = "CircuitOpen"
 #: Rows that say nothing about whether their model is up: attempts not made (an open circuit, a
 #: prompt over the context window) and streams the client hung up on.
-_NOT_OUTCOMES = frozenset({CIRCUIT_OPEN, "ContextWindowSkipped", "ClientDisconnected"})
+_NOT_OUTCOMES = frozenset(
+    {CIRCUIT_OPEN, "ContextWindowSkipped", "ClientDisconnected", AttemptSkippedError.__name__}
+)
 
 CircuitState = Literal["open", "half_open"]
 

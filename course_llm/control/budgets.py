@@ -49,8 +49,8 @@ from uuid import UUID
 
 import structlog
 
+from course_llm.control.sections import BudgetConfig
 from course_llm.errors import BudgetExceededError
-from course_llm.routing.sections import BudgetConfig
 
 __all__ = ["OK", "BudgetBook", "BudgetStatus", "Decision", "SpendSource", "SpendWindow", "period_window"]
 

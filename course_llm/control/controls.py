@@ -32,9 +32,10 @@ import structlog
 
 from course_llm.control.breaker import CircuitBreaker, OpenCircuit
 from course_llm.control.budgets import BudgetBook, BudgetStatus, SpendSource, SpendWindow
+from course_llm.control.sections import BudgetConfig, CircuitBreakerConfig
+from course_llm.recording.clean import clean_text
 from course_llm.recording.payload import BUDGET_KEY
 from course_llm.recording.records import CallRecord
-from course_llm.routing.sections import BudgetConfig, CircuitBreakerConfig
 
 __all__ = ["BUDGET_STRATEGY", "Controls", "Plan"]
 
@@ -131,10 +132,14 @@ class Controls:
     # -- the request path ----------------------------------------------------------------------
 
     def plan(self, action: str, strategy: str, tenant_id: str | None, operation: str | None) -> Plan:
-        """How to serve this request; raises BudgetExceededError when a budget refuses it."""
+        """How to serve this request; raises BudgetExceededError when a budget refuses it.
+
+        The labels are compared as their row will store them (`label`): a NUL in a tenant id
+        must not pass for another tenant here and be billed to the first one in the table."""
         if self.book is None:
             return Plan(strategy)
         self.start_soon()
+        tenant_id, operation = label(tenant_id), label(operation)
         decision = self.book.check(action, tenant_id, operation)
         if decision.refused and decision.error is not None:
             self.refusals[decision.error.budget] += 1
@@ -157,13 +162,13 @@ class Controls:
 
     def observe(self, record: CallRecord) -> None:
         """Every row: its cost counts in the budgets it matches, its outcome feeds the breaker."""
-        if self.breaker is not None:
+        if self.breaker is not None and not record.cache_hit:  # a hit never reached the model
             self.breaker.observe(record)
         if self.book is not None and record.cost_usd:
             self.book.record(
                 record.action,
-                record.tenant_id,
-                record.operation,
+                label(record.tenant_id),
+                label(record.operation),
                 record.cost_usd,
                 row_id=record.id,
                 at=record.created_at,
@@ -176,6 +181,11 @@ class Controls:
 
     def open_circuits(self) -> list[OpenCircuit]:
         return self.breaker.open_circuits() if self.breaker is not None else []
+
+
+def label(value: str | None) -> str | None:
+    """A tenant id or operation as its llm_calls row stores it (course_llm/recording/clean.py)."""
+    return clean_text(value) if isinstance(value, str) else value
 
 
 def status_dict(status: BudgetStatus) -> dict[str, Any]:

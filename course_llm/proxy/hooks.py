@@ -32,7 +32,9 @@ from typing import Any
 import structlog
 from fastapi import HTTPException
 
-from course_llm.errors import AllModelsFailedError, BudgetExceededError
+from course_llm._litellm import tenant_namespace
+from course_llm.control.controls import label
+from course_llm.errors import AllModelsFailedError, AttemptSkippedError, BudgetExceededError
 from course_llm.proxy.guard import (
     BODY_CHECKED,
     Refusal,
@@ -64,6 +66,8 @@ from course_llm.settings import Settings
 log = structlog.get_logger()
 
 REQUEST_ID_HEADER = "x-course-llm-request-id"
+#: The request metadata key LiteLLM's cache reads a per-request namespace from.
+CACHE_NAMESPACE_KEY = "redis_namespace"
 #: Metadata key of the mark the pre-call hook puts on the requests it admits.
 _ADMITTED = "course_llm_admitted"
 #: Router bookkeeping a client could send to rewrite which action/strategy a row records.
@@ -128,6 +132,11 @@ class ProxyLogger(ProxyRecorder):
         for key in [k for k in metadata if str(k).startswith("course_llm_") or k in _ROUTER_KEYS]:
             metadata.pop(key)
         await self._apply_budgets(data, metadata)  # a spent budget refuses the request here (HTTP 429)
+        # The response cache's namespace is the tenant's (course_llm/_litellm/cache.py), never
+        # one a client names: it would read another tenant's answers.
+        metadata.pop(CACHE_NAMESPACE_KEY, None)
+        if (namespace := tenant_namespace(label(attribution(metadata)[0]))) is not None:
+            metadata[CACHE_NAMESPACE_KEY] = namespace
         metadata[REQUEST_ID_KEY] = request_id
         metadata[_ADMITTED] = self._admission
         CURRENT_REQUEST.set(request_id)  # for the log lines LiteLLM writes about this request
@@ -268,7 +277,11 @@ class ProxyLogger(ProxyRecorder):
                 self._streams.deployment_call(kwargs, call_type)
         except Exception as exc:
             self._dropped("stream_deployment_call", exc)
-        self.admit(kwargs)
+        try:
+            self.admit(kwargs)
+        except AttemptSkippedError:
+            self._streams.deployment_failed(kwargs)  # the skip's row is written: nothing is owed
+            raise
 
     async def async_post_call_failure_deployment_hook(
         self, request_data: Any, exception: Any, call_type: Any, fallback_depth: Any = None

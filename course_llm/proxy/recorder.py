@@ -24,12 +24,12 @@ from pydantic import ValidationError
 from course_llm._litellm import flush_logging_worker
 from course_llm.control.breaker import CircuitBreaker
 from course_llm.control.controls import Controls
+from course_llm.control.sections import BudgetConfig, CircuitBreakerConfig
 from course_llm.recording.callback import CallLogger, remember
 from course_llm.recording.prompts import set_preview_chars
 from course_llm.recording.records import CallRecord
 from course_llm.recording.writer import RecordWriter
 from course_llm.routing.compiler import CONTROLS_KEY
-from course_llm.routing.sections import BudgetConfig, CircuitBreakerConfig
 from course_llm.settings import Settings
 
 log = structlog.get_logger()

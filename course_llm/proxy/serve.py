@@ -116,11 +116,13 @@ def _upgrade_database(url: str) -> bool:
     try:
         upgrade_database(url)
     except Exception as exc:
+        # A timeout has no message at all: name its class then.
+        reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
         if not is_transient_db_error(exc):
-            raise ServeError(f"cannot migrate {redact_url(url)}: {str(exc).splitlines()[0]}") from None
+            raise ServeError(f"cannot migrate {redact_url(url)}: {reason}") from None
         # The proxy still serves; rows wait in the journal until the database is back, and the row
         # writer migrates it first.
-        log.error("database_unavailable_at_start", database=redact_url(url), error=str(exc).splitlines()[0])
+        log.error("database_unavailable_at_start", database=redact_url(url), error=reason)
         return False
     return True
 

@@ -38,8 +38,8 @@ import copy
 from decimal import Decimal
 from typing import Any
 
+from course_llm.control.sections import CacheConfig
 from course_llm.routing.registry import DEFAULT_STRATEGY, ModelConfig, Registry
-from course_llm.routing.sections import CacheConfig
 
 #: LiteLLM resolves this dotted path to the proxy's logger instance (course_llm/proxy/callback.py).
 PROXY_CALLBACK = "course_llm.proxy.callback.logger"

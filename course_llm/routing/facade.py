@@ -31,7 +31,7 @@ from course_llm._litellm import (
 )
 from course_llm.control.breaker import CircuitBreaker
 from course_llm.control.budgets import SpendSource
-from course_llm.control.controls import Controls
+from course_llm.control.controls import Controls, label
 from course_llm.errors import (
     AllModelsFailedError,
     CourseLLMError,
@@ -118,7 +118,7 @@ class ModelRouter:
         register_secrets(secret_values_from(registry=registry))
         self._litellm = load_litellm()
         # LiteLLM's response cache, used only by requests that ask (`cache_request_params`).
-        self._cache_params = cache_request_params(registry.cache.ttl_s) if registry.cache else {}
+        self._cache_ttl_s = registry.cache.ttl_s if registry.cache else None
         if registry.cache:
             install_response_cache(registry.cache.type, redis_url)
         self._writer = writer
@@ -297,8 +297,9 @@ class ModelRouter:
         if scope.end_user is not None:
             params.setdefault("user", scope.end_user)
         params.setdefault("drop_params", True)
-        for name, value in self._cache_params.items():
-            params.setdefault(name, value)
+        if self._cache_ttl_s is not None:
+            for name, value in cache_request_params(self._cache_ttl_s, label(scope.tenant_id)).items():
+                params.setdefault(name, value)
         failures = self._failures[request_id] = []
         started = time.perf_counter()
         try:

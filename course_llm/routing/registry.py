@@ -17,8 +17,8 @@ from typing import Any, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from course_llm.control.sections import BudgetConfig, CacheConfig, CircuitBreakerConfig, check_sections
 from course_llm.errors import RegistryError, UnknownActionError
-from course_llm.routing.sections import BudgetConfig, CacheConfig, CircuitBreakerConfig, check_sections
 
 DEFAULT_STRATEGY = "default"
 
