@@ -89,7 +89,7 @@ class Settings(BaseSettings):
         "secrets masked (0: keep none)",
     )
     redis_url: SecretStr | None = Field(
-        None, description="redis://… for the registry's `cache: {type: redis}` (and, later, shared state)"
+        None, description="redis://…: the registry's `cache: {type: redis}`, and budgets shared through Redis"
     )
     master_key: SecretStr | None = Field(
         None, validation_alias="LITELLM_MASTER_KEY", description="the proxy's key (LITELLM_MASTER_KEY)"

@@ -12,9 +12,10 @@ recorder.py, hooks.py) hold; each asks it three things and tells it one:
 - `budget_statuses()` / `open_circuits()` for `/usage/budgets`, `/metrics` and the dashboard.
 
 Spend is what the rows say, whichever process wrote them: with a spend source (the database,
-`course_llm.db.spend.DatabaseSpend`) the book refreshes every second in the background, so
-several processes share one budget; without one (a facade with no database) it counts this
-process's rows only. Nothing here waits on the request path.
+`course_llm.db.spend.DatabaseSpend`, or Redis seeded from it, `redis_spend.RedisSpend`) the book
+refreshes every second in the background, so several processes share one budget; without one (a
+facade with no database) it counts this process's rows only. Nothing here waits on the request
+path.
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ class Controls:
         self.breaker = CircuitBreaker(breaker) if breaker is not None else None
         self._has_chain = has_chain
         self._shared = spend_source is not None
+        self._source = spend_source
+        # A shared counter to add each row's cost to (`RedisSpend.push`); none with a database.
+        self._push: Callable[[CallRecord, str | None, str | None], None] | None = getattr(
+            spend_source, "push", None
+        )
         self._starting: asyncio.Task[None] | None = None
         self._ready_by: float | None = None  # loop time after which no request waits (`ready`)
         #: Requests refused, per budget (a `/metrics` counter).
@@ -128,6 +134,9 @@ class Controls:
             self._starting.cancel()
         if self.book is not None:
             await self.book.aclose()
+        closing = getattr(self._source, "aclose", None)
+        if closing is not None:
+            await closing()
 
     # -- the request path ----------------------------------------------------------------------
 
@@ -165,6 +174,11 @@ class Controls:
         if self.breaker is not None and not record.cache_hit:  # a hit never reached the model
             self.breaker.observe(record)
         if self.book is not None and record.cost_usd:
+            if self._push is not None:
+                try:
+                    self._push(record, label(record.tenant_id), label(record.operation))
+                except Exception as exc:  # sharing a cost must never cost a row
+                    log.error("budget_push_failed", error=repr(exc))
             self.book.record(
                 record.action,
                 label(record.tenant_id),

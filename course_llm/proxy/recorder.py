@@ -162,11 +162,15 @@ class ProxyRecorder(CallLogger):
             breaker = CircuitBreakerConfig.model_validate(section) if section is not None else None
         except ValidationError as exc:
             raise ValueError(f"proxy config key {CONTROLS_KEY!r}: {exc}") from None
-        source = None
+        source: Any = None
         if budgets:
             from course_llm.db.spend import DatabaseSpend
 
             source = DatabaseSpend(self.session_factory)
+            if self.settings.redis_url is not None:
+                from course_llm.control.redis_spend import RedisSpend
+
+                source = RedisSpend(self.settings.redis_url.get_secret_value(), budgets, seed=source)
         self._sections = dict(sections)
         self.controls = Controls(budgets, breaker, self._has_chain, source)
         self.controls.start_soon()

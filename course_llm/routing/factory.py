@@ -39,8 +39,6 @@ def create_model_router(
 
     `max_attempts` and `fallback_strategy` default to the settings' values (2 and none).
     """
-    from course_llm.db.spend import DatabaseSpend
-
     settings = settings or Settings()
     registry = registry or load_registry(settings.registry_path)
     # Provider keys, the master key and the database password are masked in every row and log.
@@ -65,11 +63,23 @@ def create_model_router(
         timeout_s=settings.request_timeout_s,
         mock=settings.mock,
         redis_url=settings.redis_url.get_secret_value() if settings.redis_url else None,
-        # Budgets count what every process's rows say: the database is their spend source.
-        spend_source=DatabaseSpend(session_factory)
-        if session_factory is not None and registry.budgets
-        else None,
+        spend_source=spend_source(settings, registry, session_factory),
     )
+
+
+def spend_source(settings: Settings, registry: Registry, session_factory: SessionFactory | None) -> Any:
+    """Where the budgets read what every process spent: the rows in the database, or Redis
+    seeded from them when COURSE_LLM_REDIS_URL is set; None without budgets or a database."""
+    if session_factory is None or not registry.budgets:
+        return None
+    from course_llm.db.spend import DatabaseSpend
+
+    source = DatabaseSpend(session_factory)
+    if settings.redis_url is None:
+        return source
+    from course_llm.control.redis_spend import RedisSpend
+
+    return RedisSpend(settings.redis_url.get_secret_value(), registry.budgets, seed=source)
 
 
 async def complete(

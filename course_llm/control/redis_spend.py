@@ -1,0 +1,159 @@
+"""Budgets shared through Redis (`COURSE_LLM_REDIS_URL`): one counter per budget window.
+
+With a database alone, every process's book re-reads each budget's spend from the rows every
+second (`course_llm.db.spend.DatabaseSpend`). With Redis, each process adds the cost of every row
+it records to one Redis counter per budget window (`push`, an INCRBYFLOAT), and a refresh reads
+all the counters in one MGET: N processes cost Redis N small reads a second, and the database
+none. A counter is keyed by its window (period start and end, and the match), hashed, so budgets
+with the same window share it and no tenant id reaches a Redis key; it expires a day after its
+window ends.
+
+Seeding. A counter that does not exist yet (a new period, a new Redis) is seeded from the rows:
+the first refresh that finds it missing reads the window's spend from the database and SETs it
+only if still absent (NX), so racing processes agree on one value. Until a counter exists, pushes
+to it do nothing (a Lua script adds only to an existing counter), so a cost is never counted by
+both the seed and a push: it is in the seed when its row was stored by then, and otherwise stays
+in the pushing process's own pending spend (the book's) until that process drops it. The costs in
+flight at the moment a counter is seeded are thus counted by their own process only: the
+overshoot is still bounded by the requests in flight.
+
+Rows that never pass a `Controls` (`track_llm_call`'s, or a replayed journal's) reach a counter
+only through its seed. What the book is told is stored: the row ids whose push reached an
+existing counter (they are in the total it reads next), plus those the seed found in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import structlog
+
+from course_llm.control.budgets import SpendSource, SpendWindow, period_window
+from course_llm.control.sections import BudgetConfig
+from course_llm.recording.records import CallRecord
+
+__all__ = ["RedisSpend"]
+
+log = structlog.get_logger()
+
+#: Adds ARGV[1] to KEYS[1] only when the counter exists (it is seeded first; module docstring).
+_ADD_IF_SEEDED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+end
+return false
+"""
+#: Row ids remembered as pushed (the oldest are forgotten; the book drops its pending costs sooner).
+_MAX_PUSHED = 100_000
+
+
+class RedisSpend:
+    """A budget book's spend source on Redis, seeded from `seed` (the database's)."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        budgets: Mapping[str, BudgetConfig],
+        seed: SpendSource,
+        *,
+        prefix: str = "course_llm:budget:",
+        client: Any = None,
+    ) -> None:
+        import redis.asyncio
+
+        self._redis: Any = client or redis.asyncio.Redis.from_url(redis_url)
+        self._budgets = dict(budgets)
+        self._seed = seed
+        self._prefix = prefix
+        self._add = self._redis.register_script(_ADD_IF_SEEDED)
+        self._pushed: OrderedDict[UUID, None] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Pushes that failed (Redis away): their costs stay in the pushing process's pending spend.
+        self.push_failures = 0
+
+    def key(self, window: SpendWindow) -> str:
+        identity = [window.since.isoformat(), window.until.isoformat(), window.action, window.tenant_id]
+        digest = hashlib.sha256(json.dumps([*identity, window.operation]).encode()).hexdigest()
+        return self._prefix + digest[:32]
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def push(self, record: CallRecord, tenant_id: str | None, operation: str | None) -> None:
+        """Add a row's cost to the counter of every budget window it falls in (never waits)."""
+        cost = record.cost_usd
+        if cost is None or not cost > 0 or cost == float("inf"):
+            return
+        windows = self._windows_of(record.action, tenant_id, operation, record.created_at)
+        if not windows:
+            return
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = self._loop  # a LiteLLM callback thread: hand the push to the loop
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._spawn, windows, cost, record.id)
+            return
+        self._spawn(windows, cost, record.id)
+
+    def _windows_of(
+        self, action: str, tenant_id: str | None, operation: str | None, at: datetime
+    ) -> list[SpendWindow]:
+        windows: dict[str, SpendWindow] = {}
+        for config in self._budgets.values():
+            if config.match.matches(action, tenant_id, operation):
+                since, until = period_window(config.period, at)
+                match = config.match
+                window = SpendWindow(since, until, match.action, match.tenant_id, match.operation)
+                windows.setdefault(self.key(window), window)
+        return list(windows.values())
+
+    def _spawn(self, windows: list[SpendWindow], cost: float, row_id: UUID) -> None:
+        task = asyncio.get_running_loop().create_task(self._push(windows, cost, row_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _push(self, windows: list[SpendWindow], cost: float, row_id: UUID) -> None:
+        try:
+            added = [await self._add(keys=[self.key(w)], args=[repr(cost)]) for w in windows]
+        except Exception as exc:  # Redis away: the cost stays pending in this process's book
+            self.push_failures += 1
+            log.warning("budget_push_failed", error=type(exc).__name__, push_failures=self.push_failures)
+            return
+        if all(value is not None for value in added):
+            self._pushed[row_id] = None
+            while len(self._pushed) > _MAX_PUSHED:
+                self._pushed.popitem(last=False)
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    async def __call__(
+        self, windows: Sequence[SpendWindow], row_ids: Sequence[UUID], /
+    ) -> tuple[list[float], set[UUID]]:
+        """Each window's counter (seeded from the database when missing), and which of `row_ids`
+        the counters hold. Ids are taken before the read, so an id reported is in the figure."""
+        pushed = {row_id for row_id in row_ids if row_id in self._pushed}
+        keys = [self.key(window) for window in windows]
+        values = list(await self._redis.mget(keys)) if keys else []
+        stored: AbstractSet[UUID] = set()
+        missing = [i for i, value in enumerate(values) if value is None]
+        if missing:
+            seeded, stored = await self._seed([windows[i] for i in missing], row_ids)
+            for i, spend in zip(missing, seeded, strict=True):
+                expires = windows[i].until + timedelta(days=1)
+                await self._redis.set(keys[i], repr(float(spend)), nx=True, exat=int(expires.timestamp()))
+            values = list(await self._redis.mget(keys))
+        return [float(value or 0) for value in values], pushed | set(stored)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self._redis.aclose()
