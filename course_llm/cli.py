@@ -50,7 +50,6 @@ from course_llm.cli_reports import (
     query,
     run_db,
 )
-from course_llm.errors import CourseLLMError
 from course_llm.recording.log_masking import install_log_masking
 from course_llm.recording.secrets import register_secrets, secret_values_from
 from course_llm.routing.compiler import compile_proxy_config, render_proxy_config
@@ -301,22 +300,14 @@ def export(
 def budgets(registry: RegistryOption = None, as_json: JsonOption = False) -> None:
     """Each budget of the registry: its period's spend (what the rows say), what remains, its
     state (ok, downgraded, exceeded) and when it resets."""
-    from course_llm.control.budgets import BudgetBook
-    from course_llm.control.controls import status_dict
+    from course_llm.control.controls import read_budget_statuses, status_dict
     from course_llm.db.spend import DatabaseSpend
 
     with user_errors():
         loaded, path = _registry(registry)
     statuses: list[Any] = []
     if loaded.budgets:
-
-        async def run(factory: Any) -> list[Any]:
-            book = BudgetBook(loaded.budgets, DatabaseSpend(factory))
-            if not await book.refresh():
-                raise CourseLLMError("could not read the budgets' spend from the database")
-            return book.snapshot()
-
-        statuses = query(run)
+        statuses = query(lambda factory: read_budget_statuses(loaded.budgets, DatabaseSpend(factory)))
     if as_json:
         print_json({"budgets": [status_dict(status) for status in statuses]})
     elif not statuses:

@@ -114,18 +114,53 @@ async def test_a_missing_counter_is_seeded_once_from_the_rows(server: redis.Redi
         await second.aclose()
 
 
-async def test_a_cost_pushed_before_the_counter_exists_stays_with_its_process(server: redis.Redis) -> None:
+async def test_a_cost_recorded_before_its_counter_exists_is_pushed_after_the_seed(
+    server: redis.Redis,
+) -> None:
     source = RedisSpend(REDIS_URL, BUDGETS, Seed(spend=1.0 / 8))
     controls = Controls(BUDGETS, None, lambda a, s: True, source)
     try:
         assert controls.book is not None
-        controls.observe(row(0.25))  # no counter yet: Redis does not count it, the book does
+        controls.observe(row(0.25))  # no counter yet: the push waits, the book counts it
         await settle(source)
         assert server.keys("*") == []
-        assert await controls.book.refresh()  # seeds 0.125 (the rows), keeps 0.25 pending
+        assert await controls.book.refresh()  # seeds 0.125 (the rows), then pushes the 0.25
         assert [s.spent_usd for s in controls.budget_statuses()] == [pytest.approx(0.375)]
+        assert await controls.book.refresh()  # and only once
+        assert [s.spent_usd for s in controls.budget_statuses()] == [pytest.approx(0.375)]
+        (key,) = server.keys("*")
+        assert float(server.get(key) or 0) == pytest.approx(0.375)
     finally:
         await controls.aclose()
+
+
+async def test_a_cost_whose_push_failed_is_pushed_when_redis_is_back(server: redis.Redis) -> None:
+    import redis.asyncio
+
+    live = RedisSpend(REDIS_URL, BUDGETS, Seed())
+    await live([next(iter(live._windows_of(ACTION, None, None, datetime.now(UTC))))], [])  # seeded: 0
+    away = RedisSpend("redis://127.0.0.1:1/0", BUDGETS, Seed())
+    controls = Controls(BUDGETS, None, lambda a, s: True, away)
+    try:
+        assert controls.book is not None
+        controls.observe(row(0.5))
+        await settle(away)
+        assert away.push_failures == 1
+        client = redis.asyncio.Redis.from_url(REDIS_URL)
+        await away._redis.aclose()
+        away._redis, away._add = client, client.register_script(_script())
+        assert await controls.book.refresh()
+        assert [s.spent_usd for s in controls.budget_statuses()] == [pytest.approx(0.5)]
+        assert float(server.get(server.keys("*")[0]) or 0) == pytest.approx(0.5)
+    finally:
+        await controls.aclose()
+        await live.aclose()
+
+
+def _script() -> str:
+    from course_llm.control import redis_spend
+
+    return redis_spend._ADD_IF_SEEDED
 
 
 async def test_two_routers_on_different_databases_share_a_budget_through_redis(

@@ -49,8 +49,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from course_llm.control.sections import CircuitBreakerConfig
-from course_llm.errors import PERMANENT_STATUS_CODES, AttemptSkippedError
-from course_llm.recording.records import CallRecord
+from course_llm.errors import AttemptSkippedError
+from course_llm.recording.records import CLIENT_DISCONNECTED, CONTEXT_WINDOW_SKIPPED, CallRecord
 
 __all__ = ["CIRCUIT_OPEN", "CircuitBreaker", "CircuitState", "OpenCircuit"]
 
@@ -59,7 +59,7 @@ CIRCUIT_OPEN = "CircuitOpen"
 #: Rows that say nothing about whether their model is up: attempts not made (an open circuit, a
 #: prompt over the context window) and streams the client hung up on.
 _NOT_OUTCOMES = frozenset(
-    {CIRCUIT_OPEN, "ContextWindowSkipped", "ClientDisconnected", AttemptSkippedError.__name__}
+    {CIRCUIT_OPEN, CONTEXT_WINDOW_SKIPPED, CLIENT_DISCONNECTED, AttemptSkippedError.__name__}
 )
 
 CircuitState = Literal["open", "half_open"]
@@ -175,15 +175,29 @@ class CircuitBreaker:
 
     def observe(self, record: CallRecord) -> None:
         """Feed one attempt's row: a success, a transient failure (429, 5xx, or no HTTP status:
-        timeouts, connection errors, a stream cut short), or neither (a permanent status, an
-        attempt not made, a client that hung up)."""
+        timeouts, connection errors, a stream cut short), or neither (any other 4xx, an attempt
+        not made, a client that hung up, an answer from the response cache)."""
         if not record.model_id or record.error_class in _NOT_OUTCOMES:
             return
-        if record.success:
+        if record.cache_hit:
+            # Answered from the cache: the model was not called. LiteLLM's gate (the pre-call
+            # hook) runs before its cache lookup, so such a request may hold the half-open trial.
+            self.release_trial(record.model_id)
+        elif record.success:
             self.record_success(record.model_id)
         else:
-            transient = record.status_code not in PERMANENT_STATUS_CODES
-            self.record_failure(record.model_id, record.status_code, transient)
+            status = record.status_code
+            transient = status is None or status == 429 or status >= 500
+            self.record_failure(record.model_id, status, transient)
+
+    def release_trial(self, model_id: str) -> None:
+        """The trial let through on `model_id` ended without news of the model: let another try."""
+        if model_id not in self._circuits:
+            return
+        with self._lock:
+            circuit = self._circuits.get(model_id)
+            if circuit is not None:
+                circuit.trial_started = None
 
     def skip_reason(self, model_id: str) -> tuple[str, str] | None:
         """None when an attempt on `model_id` may go now; else the skip row's error class and message."""

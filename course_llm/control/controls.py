@@ -14,8 +14,8 @@ recorder.py, hooks.py) hold; each asks it three things and tells it one:
 Spend is what the rows say, whichever process wrote them: with a spend source (the database,
 `course_llm.db.spend.DatabaseSpend`, or Redis seeded from it, `redis_spend.RedisSpend`) the book
 refreshes every second in the background, so several processes share one budget; without one (a
-facade with no database) it counts this process's rows only. Nothing here waits on the request
-path.
+facade with no database) it counts this process's rows only. Only `ready()` waits: a new
+process's first requests, at most 2 s, for the first figures.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ import structlog
 from course_llm.control.breaker import CircuitBreaker, OpenCircuit
 from course_llm.control.budgets import BudgetBook, BudgetStatus, SpendSource, SpendWindow
 from course_llm.control.sections import BudgetConfig, CircuitBreakerConfig
+from course_llm.errors import CourseLLMError
 from course_llm.recording.clean import clean_text
-from course_llm.recording.payload import BUDGET_KEY
-from course_llm.recording.records import CallRecord
+from course_llm.recording.records import BUDGET_KEY, CallRecord
 
 __all__ = ["BUDGET_STRATEGY", "Controls", "Plan"]
 
@@ -171,7 +171,7 @@ class Controls:
 
     def observe(self, record: CallRecord) -> None:
         """Every row: its cost counts in the budgets it matches, its outcome feeds the breaker."""
-        if self.breaker is not None and not record.cache_hit:  # a hit never reached the model
+        if self.breaker is not None:
             self.breaker.observe(record)
         if self.book is not None and record.cost_usd:
             if self._push is not None:
@@ -195,6 +195,16 @@ class Controls:
 
     def open_circuits(self) -> list[OpenCircuit]:
         return self.breaker.open_circuits() if self.breaker is not None else []
+
+
+async def read_budget_statuses(
+    budgets: Mapping[str, BudgetConfig], source: SpendSource
+) -> list[BudgetStatus]:
+    """Each budget's figures as `source` (the database) says now: `course-llm budgets`."""
+    book = BudgetBook(budgets, source)
+    if budgets and not await book.refresh():
+        raise CourseLLMError("could not read the budgets' spend from the database (see the log line above)")
+    return book.snapshot()
 
 
 def label(value: str | None) -> str | None:

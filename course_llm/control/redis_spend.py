@@ -10,12 +10,11 @@ window ends.
 
 Seeding. A counter that does not exist yet (a new period, a new Redis) is seeded from the rows:
 the first refresh that finds it missing reads the window's spend from the database and SETs it
-only if still absent (NX), so racing processes agree on one value. Until a counter exists, pushes
-to it do nothing (a Lua script adds only to an existing counter), so a cost is never counted by
-both the seed and a push: it is in the seed when its row was stored by then, and otherwise stays
-in the pushing process's own pending spend (the book's) until that process drops it. The costs in
-flight at the moment a counter is seeded are thus counted by their own process only: the
-overshoot is still bounded by the requests in flight.
+only if still absent (NX), so racing processes agree on one value. A push adds only to a counter
+that exists (a Lua script); a cost whose push found none, or found Redis away, waits in its
+process (still counted there by the book) and is pushed by the next refresh, after the seed,
+unless this process's own winning seed already holds its row. So a cost is never lost: at worst,
+when another process's seed held it too, it counts twice in that window, which refuses early.
 
 Rows that never pass a `Controls` (`track_llm_call`'s, or a replayed journal's) reach a counter
 only through its seed. What the book is told is stored: the row ids whose push reached an
@@ -27,9 +26,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -53,6 +53,17 @@ return false
 """
 #: Row ids remembered as pushed (the oldest are forgotten; the book drops its pending costs sooner).
 _MAX_PUSHED = 100_000
+#: Costs kept for the next refresh at most (Redis away for long): beyond, the oldest are dropped.
+_MAX_WAITING = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Push:
+    """A row's cost still to add to the counters of `windows`."""
+
+    windows: list[SpendWindow]
+    cost: float
+    row_id: UUID
 
 
 class RedisSpend:
@@ -75,6 +86,7 @@ class RedisSpend:
         self._prefix = prefix
         self._add = self._redis.register_script(_ADD_IF_SEEDED)
         self._pushed: OrderedDict[UUID, None] = OrderedDict()
+        self._waiting: deque[_Push] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Pushes that failed (Redis away): their costs stay in the pushing process's pending spend.
@@ -95,14 +107,15 @@ class RedisSpend:
         windows = self._windows_of(record.action, tenant_id, operation, record.created_at)
         if not windows:
             return
+        item = _Push(windows, cost, record.id)
         try:
             self._loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = self._loop  # a LiteLLM callback thread: hand the push to the loop
-            if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(self._spawn, windows, cost, record.id)
+        except RuntimeError:  # a LiteLLM callback thread: the next refresh pushes it
+            self._keep(item)
             return
-        self._spawn(windows, cost, record.id)
+        task = self._loop.create_task(self._push(item))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _windows_of(
         self, action: str, tenant_id: str | None, operation: str | None, at: datetime
@@ -116,22 +129,30 @@ class RedisSpend:
                 windows.setdefault(self.key(window), window)
         return list(windows.values())
 
-    def _spawn(self, windows: list[SpendWindow], cost: float, row_id: UUID) -> None:
-        task = asyncio.get_running_loop().create_task(self._push(windows, cost, row_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _push(self, windows: list[SpendWindow], cost: float, row_id: UUID) -> None:
-        try:
-            added = [await self._add(keys=[self.key(w)], args=[repr(cost)]) for w in windows]
-        except Exception as exc:  # Redis away: the cost stays pending in this process's book
-            self.push_failures += 1
-            log.warning("budget_push_failed", error=type(exc).__name__, push_failures=self.push_failures)
-            return
-        if all(value is not None for value in added):
-            self._pushed[row_id] = None
+    async def _push(self, item: _Push) -> None:
+        """Add the cost to each counter that exists; keep the rest for the next refresh."""
+        left: list[SpendWindow] = []
+        for window in item.windows:
+            try:
+                added = await self._add(keys=[self.key(window)], args=[repr(item.cost)])
+            except Exception as exc:  # Redis away: the next refresh tries again
+                self.push_failures += 1
+                log.warning("budget_push_failed", error=type(exc).__name__, push_failures=self.push_failures)
+                added = None
+            if added is None:
+                left.append(window)
+        if left:
+            self._keep(_Push(left, item.cost, item.row_id))
+        else:
+            self._pushed[item.row_id] = None
             while len(self._pushed) > _MAX_PUSHED:
                 self._pushed.popitem(last=False)
+
+    def _keep(self, item: _Push) -> None:
+        self._waiting.append(item)  # deque.append is thread-safe
+        if len(self._waiting) > _MAX_WAITING:
+            self._waiting.popleft()
+            log.error("budget_pushes_dropped", kept=_MAX_WAITING)
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -139,19 +160,31 @@ class RedisSpend:
         self, windows: Sequence[SpendWindow], row_ids: Sequence[UUID], /
     ) -> tuple[list[float], set[UUID]]:
         """Each window's counter (seeded from the database when missing), and which of `row_ids`
-        the counters hold. Ids are taken before the read, so an id reported is in the figure."""
-        pushed = {row_id for row_id in row_ids if row_id in self._pushed}
+        the counters hold. Ids are taken before the last read, so an id reported is in the figure."""
+        self._loop = asyncio.get_running_loop()
         keys = [self.key(window) for window in windows]
         values = list(await self._redis.mget(keys)) if keys else []
-        stored: AbstractSet[UUID] = set()
         missing = [i for i, value in enumerate(values) if value is None]
+        seeded: AbstractSet[UUID] = set()
         if missing:
-            seeded, stored = await self._seed([windows[i] for i in missing], row_ids)
-            for i, spend in zip(missing, seeded, strict=True):
-                expires = windows[i].until + timedelta(days=1)
-                await self._redis.set(keys[i], repr(float(spend)), nx=True, exat=int(expires.timestamp()))
-            values = list(await self._redis.mget(keys))
-        return [float(value or 0) for value in values], pushed | set(stored)
+            spends, in_seed = await self._seed([windows[i] for i in missing], row_ids)
+            won = True
+            for i, spend in zip(missing, spends, strict=True):
+                expires = int((windows[i].until + timedelta(days=1)).timestamp())
+                won = bool(await self._redis.set(keys[i], repr(float(spend)), nx=True, exat=expires)) and won
+            # Only this process's own seed says which of its rows it holds; another one's may not.
+            seeded = in_seed if won else set()
+        # Costs whose push found no counter (or no Redis) go now; one the seed above holds goes
+        # nowhere. One held by another process's seed counts twice: never missed, at worst early.
+        waiting, self._waiting = self._waiting, deque()
+        for item in waiting:
+            if item.row_id in seeded:
+                self._pushed[item.row_id] = None
+            else:
+                await self._push(item)
+        pushed = {row_id for row_id in row_ids if row_id in self._pushed} | set(seeded)
+        values = list(await self._redis.mget(keys)) if keys else []
+        return [float(value or 0) for value in values], pushed
 
     async def aclose(self) -> None:
         for task in list(self._tasks):

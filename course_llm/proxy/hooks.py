@@ -52,12 +52,11 @@ from course_llm.recording.callback import (
 )
 from course_llm.recording.payload import (
     ASKED_GROUP_KEY,
-    BUDGET_MARK_KEY,
     attribution,
     metadata_of,
     split_group,
 )
-from course_llm.recording.records import new_id, status_code_of
+from course_llm.recording.records import BUDGET_MARK_KEY, new_id, status_code_of
 from course_llm.recording.rows import StreamEnd
 from course_llm.routing.compiler import group_name
 from course_llm.routing.registry import DEFAULT_STRATEGY

@@ -13,6 +13,8 @@ LiteLLM has loaded the config, in `course-llm serve` and plain `litellm --config
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -61,6 +63,7 @@ class ProxyRecorder(CallLogger):
         #: The registry's budgets and circuit breaker (none until `configure_controls`).
         self.controls = Controls({}, None, self._has_chain)
         self._sections: dict[str, Any] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     # -- rows ----------------------------------------------------------------------------------
 
@@ -172,11 +175,16 @@ class ProxyRecorder(CallLogger):
 
                 source = RedisSpend(self.settings.redis_url.get_secret_value(), budgets, seed=source)
         self._sections = dict(sections)
-        self.controls = Controls(budgets, breaker, self._has_chain, source)
+        old, self.controls = self.controls, Controls(budgets, breaker, self._has_chain, source)
         self.controls.start_soon()
+        with contextlib.suppress(RuntimeError):  # no loop yet: the old controls never started
+            task = asyncio.get_running_loop().create_task(old.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def _has_chain(self, action: str, strategy: str) -> bool:
-        """Whether the router has a chain for action×strategy (the proxy's hooks know the router)."""
+        """Whether the router has a chain for action×strategy. ProxyLogger (hooks.py), which knows
+        LiteLLM's router, answers; a recorder alone cannot tell, so a downgrade is attempted."""
         return True
 
     def _gate(self, kwargs: Mapping[str, Any]) -> tuple[str, str] | None:

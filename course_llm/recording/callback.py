@@ -39,9 +39,8 @@ from course_llm.recording.payload import (
     request_id_of,
     split_group,
 )
-from course_llm.recording.records import CallRecord, Source
+from course_llm.recording.records import CONTEXT_WINDOW_SKIPPED, CallRecord, Source
 from course_llm.recording.rows import (
-    CONTEXT_WINDOW_SKIPPED,
     record_from_deployment_success,
     record_from_failure,
     record_from_skip,

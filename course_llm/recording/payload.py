@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeGuard
 
+from course_llm.recording.records import BUDGET_KEY, BUDGET_MARK_KEY
 from course_llm.routing.compiler import parse_deployment_id
 from course_llm.routing.registry import DEFAULT_STRATEGY
 
@@ -25,10 +26,6 @@ EXTRA_KEY = "course_llm_extra"
 #: another (a budget's downgrade): the row's `strategy`. LiteLLM rewrites its own
 #: `original_model_group` to the group it was called with, so course_llm keeps its own key.
 ASKED_GROUP_KEY = "course_llm_asked_group"
-#: Key of the row metadata naming the budget that downgraded the request (course_llm/control/),
-#: and the request metadata key the proxy marks such a request with.
-BUDGET_KEY = "budget"
-BUDGET_MARK_KEY = "course_llm_budget"
 #: The request id course_llm gave the request (the proxy's LiteLLM failure events carry another).
 REQUEST_ID_KEY = "course_llm_request_id"
 #: The caller's tags as given (a mapping or a list); LiteLLM itself gets `litellm_tags(tags)`.

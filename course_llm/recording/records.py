@@ -28,6 +28,17 @@ def new_id() -> uuid.UUID:
     return uuid7()
 
 
+#: Key of the row metadata naming the budget that downgraded the request (course_llm/control/),
+#: and the request metadata key the proxy marks such a request with.
+BUDGET_KEY = "budget"
+BUDGET_MARK_KEY = "course_llm_budget"
+#: error_class of an attempt not made: LiteLLM's pre-call check found the prompt over the model's
+#: context window (course_llm/_litellm/context.py).
+CONTEXT_WINDOW_SKIPPED = "ContextWindowSkipped"
+#: error_class of a stream whose client hung up before it ended.
+CLIENT_DISCONNECTED = "ClientDisconnected"
+
+
 def status_code_of(exception: BaseException) -> int | None:
     """The HTTP status an exception carries, if it carries an integer one."""
     code = getattr(exception, "status_code", None)

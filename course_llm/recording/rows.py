@@ -34,15 +34,16 @@ from course_llm.recording.payload import (
     usage_of,
 )
 from course_llm.recording.prompts import preview_of, prompt_hashes, response_preview
-from course_llm.recording.records import CallRecord, Source, redact, status_code_of
+from course_llm.recording.records import (
+    CLIENT_DISCONNECTED,
+    CallRecord,
+    Source,
+    redact,
+    status_code_of,
+)
 
-#: error_class of an attempt not made: LiteLLM's pre-call check found the prompt over the model's
-#: context window (course_llm/_litellm/context.py).
-CONTEXT_WINDOW_SKIPPED = "ContextWindowSkipped"
 #: error_class of a stream whose upstream stopped without saying it had finished.
 INCOMPLETE_STREAM = "IncompleteStream"
-#: error_class of a stream whose client hung up before it ended.
-CLIENT_DISCONNECTED = "ClientDisconnected"
 
 StreamOutcome = Literal["complete", "incomplete", "failed", "disconnected"]
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import structlog
 from pydantic import BaseModel
@@ -57,9 +57,6 @@ from course_llm.routing.quiet_logs import facade_call
 from course_llm.routing.registry import DEFAULT_STRATEGY, Registry
 from course_llm.routing.structured import parse_structured, structured_call
 from course_llm.scope import current_scope
-
-if TYPE_CHECKING:
-    pass
 
 log = structlog.get_logger()
 
@@ -155,7 +152,7 @@ class ModelRouter:
         self.controls.breaker = breaker
 
     async def __aenter__(self) -> Self:
-        await self.controls.start()  # the budgets' spend as the database says, before any call
+        self.controls.start_soon()  # the budgets' spend as the database says (`complete` waits, briefly)
         if self._writer is not None:
             self._writer.start()  # writes what a killed process left in the journal, before any call
         return self
@@ -242,7 +239,13 @@ class ModelRouter:
         return self.controls.gate(model_id) if isinstance(model_id, str) else None
 
     def _on_record(self, record: CallRecord) -> None:
-        self.controls.observe(record)
+        self._deliver(record)
+        try:
+            self.controls.observe(record)
+        except Exception as exc:  # a budget or breaker must never cost a row (it is written above)
+            log.error("llm_call_control_failed", request_id=record.request_id, error=repr(exc))
+
+    def _deliver(self, record: CallRecord) -> None:
         if not record.success and (bucket := self._failures.get(record.request_id)) is not None:
             bucket.append(record)
         if self._writer is not None:
@@ -278,6 +281,7 @@ class ModelRouter:
         request_id = str(new_id())
         scope = current_scope()
         # A spent budget raises BudgetExceededError here: nothing is sent, no row is written.
+        await self.controls.ready()  # a new router's first calls wait (at most 2 s) for the figures
         plan = self.controls.plan(action, strategy, scope.tenant_id, scope.operation)
         group = self._entry_group(action, plan.strategy)
         if group is None:
