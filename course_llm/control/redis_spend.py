@@ -55,6 +55,8 @@ return false
 _MAX_PUSHED = 100_000
 #: Costs kept for the next refresh at most (Redis away for long): beyond, the oldest are dropped.
 _MAX_WAITING = 100_000
+#: Waiting costs pushed by one refresh at most (one round trip each).
+_PUSHES_PER_REFRESH = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,12 +178,18 @@ class RedisSpend:
             seeded = in_seed if won else set()
         # Costs whose push found no counter (or no Redis) go now; one the seed above holds goes
         # nowhere. One held by another process's seed counts twice: never missed, at worst early.
-        waiting, self._waiting = self._waiting, deque()
-        for item in waiting:
+        # Taken one by one (a callback thread may append meanwhile), a bounded number per refresh
+        # (a long outage leaves many), and put back if the refresh is cancelled (its timeout).
+        for _ in range(min(len(self._waiting), _PUSHES_PER_REFRESH)):
+            item = self._waiting.popleft()
             if item.row_id in seeded:
                 self._pushed[item.row_id] = None
-            else:
+                continue
+            try:
                 await self._push(item)
+            except BaseException:
+                self._waiting.appendleft(item)
+                raise
         pushed = {row_id for row_id in row_ids if row_id in self._pushed} | set(seeded)
         values = list(await self._redis.mget(keys)) if keys else []
         return [float(value or 0) for value in values], pushed
