@@ -289,3 +289,15 @@ async def test_a_nul_in_the_tenant_id_does_not_escape_its_budget(up: ScriptedUps
             await router.complete(ACTION, "x")
         with call_scope(tenant_id="a\x00cme"), pytest.raises(BudgetExceededError):
             await router.complete(ACTION, "x")
+
+
+async def test_a_control_that_fails_never_costs_the_row(up: ScriptedUpstream) -> None:
+    rows = Rows()
+    async with ModelRouter(parse_registry(budgeted(up.base_url)), writer=rows) as router:  # type: ignore[arg-type]
+
+        def broken(record: Any) -> None:
+            raise RuntimeError("a broken budget book")
+
+        router.controls.observe = broken  # type: ignore[method-assign]
+        response = await router.complete(ACTION, "x")
+    assert [r.request_id for r in rows.records] == [response.request_id]

@@ -138,3 +138,22 @@ async def test_start_up_freezes_what_it_built_and_gives_stdout_back() -> None:
         assert sent == [{"type": "lifespan.startup.complete"}] and writers_started == [True]
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("error", [TimeoutError(), ValueError()], ids=["transient", "permanent"])
+def test_a_database_error_without_a_message_is_named_by_its_class(
+    monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    """A database that accepts the connection and never answers raises a TimeoutError whose text
+    is empty; serve used to crash on it (IndexError) instead of serving or saying why."""
+    import course_llm.db
+
+    def upgrade(url: str) -> None:
+        raise error
+
+    monkeypatch.setattr(course_llm.db, "upgrade_database", upgrade)
+    if isinstance(error, TimeoutError):
+        assert serve._upgrade_database("postgresql+asyncpg://postgres@127.0.0.1:9/none") is False
+    else:
+        with pytest.raises(ServeError, match=r"cannot migrate .*: ValueError$"):
+            serve._upgrade_database("postgresql+asyncpg://postgres@127.0.0.1:9/none")
