@@ -160,11 +160,7 @@ class _Counter:
         self.stored = 0.0
 
     def matches(self, action: str, tenant_id: str | None, operation: str | None) -> bool:
-        return (
-            (self.action is None or self.action == action)
-            and (self.tenant_id is None or self.tenant_id == tenant_id)
-            and (self.operation is None or self.operation == operation)
-        )
+        return self.config.match.matches(action, tenant_id, operation)
 
 
 @dataclasses.dataclass(slots=True)

@@ -89,10 +89,6 @@ class Controls:
         #: Requests refused, per budget (a `/metrics` counter).
         self.refusals: Counter[str] = Counter()
 
-    @property
-    def active(self) -> bool:
-        return self.book is not None or self.breaker is not None
-
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:

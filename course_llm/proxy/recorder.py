@@ -187,8 +187,6 @@ class ProxyRecorder(CallLogger):
         LiteLLM's router, answers; a recorder alone cannot tell, so a downgrade is attempted."""
         return True
 
-    def _gate(self, kwargs: Mapping[str, Any]) -> tuple[str, str] | None:
+    def _gate(self, kwargs: Mapping[str, Any], model_id: str) -> tuple[str, str] | None:
         """Before each attempt: may it go upstream (CallLogger's `Gate`)?"""
-        info = kwargs.get("model_info") or {}
-        model_id = info.get("course_llm_model_id") if isinstance(info, Mapping) else None
-        return self.controls.gate(model_id) if isinstance(model_id, str) else None
+        return self.controls.gate(model_id)

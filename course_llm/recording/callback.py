@@ -33,6 +33,7 @@ from course_llm.recording.payload import (
     ROUTER_TAG,
     TAGS_KEY,
     as_utc,
+    deployment_of,
     litellm_tags,
     metadata_of,
     registry_cost,
@@ -79,10 +80,11 @@ _CHAT_CALL_TYPES = frozenset({"acompletion", "completion"})
 # The logger
 
 Sink = Callable[[CallRecord], None]
-#: Asked before each attempt whether it may go upstream: None lets it go; otherwise the
-#: `(error_class, message)` of the row of an attempt not made (the facade's and the proxy's
-#: circuit breakers, course_llm/control/breaker.py). Never called for calls that are not ours.
-Gate = Callable[[Mapping[str, Any]], tuple[str, str] | None]
+#: Asked before each attempt (its call's kwargs, its registry model id) whether it may go
+#: upstream: None lets it go; otherwise the `(error_class, message)` of the row of an attempt not
+#: made (the facade's and the proxy's circuit breakers, course_llm/control/breaker.py). Never
+#: called for calls that are not ours, or that name no registry model.
+Gate = Callable[[Mapping[str, Any], str], tuple[str, str] | None]
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -225,10 +227,13 @@ class CallLogger(CustomLogger):
         if self._gate is None:
             return
         try:
-            verdict = self._gate(kwargs) if self._mine(metadata_of(kwargs)) else None
+            if not self._mine(metadata_of(kwargs)):
+                return
+            info = kwargs.get("model_info") or metadata_of(kwargs).get("model_info") or {}
+            model_id = deployment_of(info, None)[2]
+            verdict = self._gate(kwargs, model_id) if model_id else None
             if verdict is not None:
                 error_class, message = verdict
-                info = kwargs.get("model_info") or metadata_of(kwargs).get("model_info") or {}
                 record = record_from_skip(
                     kwargs, info, error_class=error_class, message=message, source=self._source
                 )

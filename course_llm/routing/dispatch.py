@@ -71,12 +71,12 @@ class RouterDispatch:
     def open_routers(self) -> int:
         return len(self._sinks)
 
-    def gate(self, kwargs: Mapping[str, Any]) -> tuple[str, str] | None:
+    def gate(self, kwargs: Mapping[str, Any], model_id: str) -> tuple[str, str] | None:
         """The logger's gate: the gate of the router that made the call, if it has one."""
         extra = metadata_of(kwargs).get(EXTRA_KEY)
         router_id = extra.get(ROUTER_ID_KEY) if isinstance(extra, Mapping) else None
         gate = self._gates.get(router_id) if isinstance(router_id, str) else None
-        return gate(kwargs) if gate is not None else None
+        return gate(kwargs, model_id) if gate is not None else None
 
     def dispatch(self, record: CallRecord) -> None:
         """The logger's sink: hand `record` to the router that made the call, or count it unrouted."""

@@ -232,11 +232,9 @@ class ModelRouter:
     def _has_chain(self, action: str, strategy: str) -> bool:
         return group_name(action, strategy) in self._groups
 
-    def _gate(self, kwargs: Mapping[str, Any]) -> tuple[str, str] | None:
+    def _gate(self, kwargs: Mapping[str, Any], model_id: str) -> tuple[str, str] | None:
         """Before each attempt: may it go upstream (CallLogger's `Gate`)?"""
-        info = kwargs.get("model_info") or {}
-        model_id = info.get("course_llm_model_id") if isinstance(info, Mapping) else None
-        return self.controls.gate(model_id) if isinstance(model_id, str) else None
+        return self.controls.gate(model_id)
 
     def _on_record(self, record: CallRecord) -> None:
         self._deliver(record)
