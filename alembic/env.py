@@ -9,7 +9,10 @@ Changes from `alembic/templates/async/env.py`, each for a reason:
 - `render_as_batch` on SQLite, whose ALTER TABLE cannot change or drop columns;
 - `compare_type` so autogenerate (and the models-vs-migrations test) notices type changes;
 - `render_item` writes a model's TypeDecorator (`UTCDateTime`) as the SQLAlchemy type it wraps, so
-  a generated migration never imports course_llm code that may later change or disappear.
+  a generated migration never imports course_llm code that may later change or disappear;
+- on PostgreSQL the migration transaction first takes a transaction-scoped advisory lock: several
+  `serve` replicas starting at once against one fresh database migrate it one after another (the
+  later ones find it at head and do nothing) instead of racing to create the same tables.
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ if config.config_file_name is not None:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 target_metadata = Base.metadata
+
+#: The PostgreSQL advisory lock that serialises concurrent migrations (any constant bigint would
+#: do; this one is "course_llm" in ASCII, truncated to 8 bytes).
+MIGRATION_LOCK_KEY = int.from_bytes(b"course_l", "big") >> 1
 
 
 def _database_url() -> str:
@@ -76,6 +83,9 @@ def do_run_migrations(connection: Connection) -> None:
     )
 
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Held until this transaction ends; Alembic reads the current revision after it.
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         context.run_migrations()
 
 

@@ -123,15 +123,24 @@ def serve(
     mock: Annotated[
         bool, typer.Option("--mock", help="answer every model offline with canned responses")
     ] = False,
+    workers: Annotated[int, typer.Option(help="worker processes on the one port (about one per core)")] = 1,
 ) -> None:
     """Run the LiteLLM proxy with course_llm routing, logging, usage API and dashboard."""
     from course_llm.proxy import serve as proxy
 
     settings = settings_or_fail()
     with user_errors(OSError):
-        plan = proxy.prepare(settings, registry_path=registry, host=host, port=port, mock=mock)
+        plan = proxy.prepare(
+            settings, registry_path=registry, host=host, port=port, mock=mock, workers=workers
+        )
     out.print(proxy.banner(plan), soft_wrap=True)
-    proxy.run(plan)
+    if plan.workers == 1:
+        proxy.run(plan)
+        return
+    from course_llm.proxy.workers import run_workers
+
+    with user_errors(OSError):
+        run_workers(plan)
 
 
 @db_app.command("upgrade")

@@ -14,6 +14,13 @@ shutdowns with requests in flight.
 
 With no LITELLM_MASTER_KEY, `--mock` on a loopback address uses the fixed development key
 `sk-course-llm-dev` (DEV_KEY), so the README's examples work as written after `make run`.
+
+With `--workers N` (N > 1) this process becomes uvicorn's supervisor (`uvicorn.supervisors.
+Multiprocess`): it prepares once (registry, config, database migration), binds the port, and
+spawns N workers that each import `worker_app` and build the app from what the environment tells
+them (workers.py). On SIGTERM it passes the signal to every worker and waits for all: each drains
+as a single `serve` does. A worker that dies is replaced by a new one, whose row writer replays the
+dead worker's journal segment (journal.py: a segment nobody holds is an orphan).
 """
 
 from __future__ import annotations
@@ -49,6 +56,10 @@ log = structlog.get_logger()
 KEEP_ALIVE_S = 65
 
 
+#: The most worker processes `--workers` starts (each holds LiteLLM and its router: ~300 MB).
+MAX_WORKERS = 64
+
+
 class ServeError(CourseLLMError):
     """The proxy cannot start as asked (no key on a public host, port taken, …)."""
 
@@ -70,6 +81,8 @@ class ServePlan:
     database_migrated: bool = False
     #: The listening socket of the mock upstream (`--mock` only).
     mock_socket: socket.socket | None = None
+    #: Worker processes (1: this process serves; see the module docstring).
+    workers: int = 1
 
 
 def is_loopback(host: str) -> bool:
@@ -135,10 +148,14 @@ def _loopback_listener() -> socket.socket:
     return listener
 
 
-def prepare(settings: Settings, *, registry_path: Path | None, host: str, port: int, mock: bool) -> ServePlan:
+def prepare(
+    settings: Settings, *, registry_path: Path | None, host: str, port: int, mock: bool, workers: int = 1
+) -> ServePlan:
     """Validate everything, write the runtime config, migrate the database. No server yet."""
     from course_llm.db import redact_url
 
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ServeError(f"--workers must be between 1 and {MAX_WORKERS}, not {workers}")
     configure_environment()
     path = registry_path or settings.registry_path
     registry = load_registry(path)
@@ -174,6 +191,7 @@ def prepare(settings: Settings, *, registry_path: Path | None, host: str, port: 
         database_url=settings.database_url,
         database_migrated=migrated,
         mock_socket=mock_socket,
+        workers=workers,
     )
 
 
@@ -181,13 +199,19 @@ def build_app(plan: ServePlan) -> Any:
     """LiteLLM's proxy app with course_llm's routes mounted."""
     os.environ["LITELLM_MASTER_KEY"] = plan.master_key
     os.environ["CONFIG_FILE_PATH"] = str(plan.config_path)
+    return proxy_app(plan.database_url if plan.database_migrated else None)
+
+
+def proxy_app(migrated_url: str | None) -> Any:
+    """LiteLLM's app (its key and config file from the environment) with course_llm's routes;
+    `migrated_url` names the database already at the latest schema (the row writer skips it)."""
     from litellm.proxy.proxy_server import app
 
     from course_llm.proxy.recorder import database_upgraded
     from course_llm.proxy.routes import mount_routes
 
-    if plan.database_migrated:
-        database_upgraded(plan.database_url)  # before mount_routes builds the row writer
+    if migrated_url is not None:
+        database_upgraded(migrated_url)  # before mount_routes builds the row writer
     mount_routes(app)
     return app
 
@@ -214,6 +238,7 @@ def banner(plan: ServePlan) -> str:
     lines = [
         f"course_llm proxy on {url}  ({'offline mock answers' if plan.mock else 'real providers'})",
         f"  database   {plan.database}",
+        *([f"  workers    {plan.workers} processes on one port"] if plan.workers > 1 else []),
         f"  journal    {plan.journal}.*  (rows wait here until they are in the database)",
         f"  key        {plan.master_key}  (the development key; set LITELLM_MASTER_KEY to choose one)"
         if plan.dev_key
@@ -325,7 +350,7 @@ def run(plan: ServePlan) -> None:
         raise SystemExit(3)
 
 
-class _QuietServer:
+class QuietServer:
     """Mixin for a uvicorn server that leaves the process's signals to the proxy's server."""
 
     @contextlib.contextmanager
@@ -344,7 +369,7 @@ async def _serve(proxy: uvicorn.Server, mock_socket: socket.socket | None) -> No
         return
     import uvicorn
 
-    class MockServer(_QuietServer, uvicorn.Server):
+    class MockServer(QuietServer, uvicorn.Server):
         pass
 
     upstream = MockServer(

@@ -1,0 +1,128 @@
+"""`course-llm serve --workers N`: N proxy processes on one port, under uvicorn's own supervisor.
+
+One `serve` process is one event loop on one core. With `--workers N` the `serve` process prepares
+everything once (serve.py `prepare`: registry, runtime config, database migration), binds the port,
+and hands over to `uvicorn.supervisors.Multiprocess`, which spawns N fresh interpreters sharing the
+listening socket (the kernel spreads connections over them). Each worker imports `worker_app`,
+which builds the same app as a single `serve` from what the environment says: the key and the
+config file (as for `litellm --config`) and `MIGRATED_ENV`, so no worker migrates again.
+
+What each worker owns: its LiteLLM router, its row writer and so its journal segment (journal.py:
+one segment per writer, under the writer's `flock`), its budgets' book and circuit breaker (shared
+with the others through the database or Redis, as between replicas) and its `/metrics`.
+
+Signals (uvicorn 0.54 `Multiprocess`): SIGTERM or SIGINT to the supervisor is passed on as SIGTERM
+to every worker, and the supervisor waits for all of them, with no time limit: each drains as a
+single `serve` does (in-flight requests for up to 30 s, then LiteLLM's shutdown, which flushes the
+rows). A worker that dies (SIGKILL, out of memory) is replaced; its replacement's row writer finds
+the dead worker's segment unlocked and replays it (an orphan) before taking traffic. SIGHUP
+replaces the workers one by one, SIGTTIN/SIGTTOU add or remove one.
+
+With `--mock`, the offline upstream runs in a thread of the supervisor, so all workers share it and
+it answers until the last worker has drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from course_llm._litellm import configure_environment
+from course_llm.proxy.serve import KEEP_ALIVE_S, ServeError, ServePlan, proxy_app
+from course_llm.settings import Settings
+
+__all__ = ["MIGRATED_ENV", "run_workers", "worker_app"]
+
+log = structlog.get_logger()
+
+#: Set by the supervisor for its workers: "1" when it migrated the configured database.
+MIGRATED_ENV = "COURSE_LLM_SERVE_DATABASE_MIGRATED"
+#: The app factory each worker imports (uvicorn's `factory=True`).
+WORKER_APP = "course_llm.proxy.workers:worker_app"
+#: How long the `--mock` upstream may take to start listening.
+_MOCK_START_S = 10.0
+
+
+def worker_app() -> Any:
+    """The app of one worker: the proxy's, built as a single `serve` builds it."""
+    configure_environment()
+    migrated = os.environ.get(MIGRATED_ENV) == "1"
+    return proxy_app(Settings().database_url if migrated else None)
+
+
+def run_workers(plan: ServePlan) -> None:
+    """Run `plan.workers` workers on the plan's port until SIGTERM or SIGINT, then drain them all."""
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    # The workers are spawned (fresh interpreters): they inherit the environment, nothing else.
+    os.environ["LITELLM_MASTER_KEY"] = plan.master_key
+    os.environ["CONFIG_FILE_PATH"] = str(plan.config_path)
+    os.environ[MIGRATED_ENV] = "1" if plan.database_migrated else "0"
+    config = uvicorn.Config(
+        WORKER_APP,
+        factory=True,
+        host=plan.host,
+        port=plan.port,
+        workers=plan.workers,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
+    stop_mock = _start_mock(plan.mock_socket) if plan.mock_socket is not None else None
+    listener = config.bind_socket()
+    supervisor = Multiprocess(config, sockets=[listener])
+    try:
+        supervisor.run()
+    finally:
+        listener.close()
+        if stop_mock is not None:
+            stop_mock()
+        shutil.rmtree(plan.config_path.parent, ignore_errors=True)
+    if any(worker.exitcode == STARTUP_FAILURE for worker in supervisor.processes):
+        raise SystemExit(STARTUP_FAILURE)  # a worker could not start; uvicorn logged why
+
+
+def _start_mock(mock_socket: Any) -> Callable[[], None]:
+    """Serve the `--mock` upstream from a thread of this process; return what stops it."""
+    import uvicorn
+
+    from course_llm.proxy.serve import QuietServer, mock_upstream_app
+
+    class MockServer(QuietServer, uvicorn.Server):
+        pass
+
+    server = MockServer(
+        uvicorn.Config(mock_upstream_app(), log_config=None, log_level="warning", lifespan="off")
+    )
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            asyncio.run(server.serve(sockets=[mock_socket]))
+        except BaseException as exc:  # reported to the starting thread below
+            failure.append(exc)
+
+    thread = threading.Thread(target=serve, name="course_llm-mock-upstream", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + _MOCK_START_S
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not server.started:
+        raise ServeError(f"the mock upstream did not start: {failure[0] if failure else 'timeout'}")
+
+    def stop() -> None:
+        server.should_exit = True
+        with contextlib.suppress(RuntimeError):
+            thread.join(timeout=5)
+
+    return stop

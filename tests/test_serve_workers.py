@@ -1,0 +1,194 @@
+"""`course-llm serve --workers N` (course_llm/proxy/workers.py): N processes on one port.
+
+Real processes: the supervisor and its workers against the fake upstream, 16 concurrent clients
+(tests/load.py) with plain, streamed and multi-attempt requests. One worker is killed with SIGKILL
+under load (uvicorn replaces it; the replacement replays its journal segment), then the supervisor
+gets SIGTERM under load: every request that got its full answer must have all its rows in the
+database once the supervisor has exited, with no further process started. Also: each worker
+journals to a segment of its own, and the database is migrated once, by the supervisor.
+Concurrent migrations of one fresh PostgreSQL database (several replicas starting together) are
+serialised by an advisory lock (alembic/env.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+from typer.testing import CliRunner
+
+from course_llm.cli import app
+from course_llm.db import head_revision
+from tests.conftest import POSTGRES_ADMIN_URL, _postgres_admin
+from tests.fake_upstream import FakeUpstream
+from tests.load import Answer, proxy_env, run_load, upstream_attempts, wait_for_rows, write_registry
+from tests.proxy_process import BIN, ProxyProcess, free_port, serve_argv
+
+#: Answers before the worker is killed, and again before the supervisor gets SIGTERM.
+PHASE_ANSWERS = 40
+UPSTREAM_DELAY_MS = 20
+
+
+@pytest.fixture(scope="module")
+def fake_upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as up:
+        yield up
+
+
+@pytest.fixture
+def upstream(fake_upstream: FakeUpstream) -> FakeUpstream:
+    """The module's upstream with no request remembered (the audit counts each tag's attempts)."""
+    fake_upstream.reset()
+    fake_upstream.set_behaviour("*", delay_ms=UPSTREAM_DELAY_MS)
+    return fake_upstream
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+    ]
+)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}"
+    url: str = request.getfixturevalue("postgres_database_url")
+    return url
+
+
+def workers_of(supervisor: int) -> list[int]:
+    """The pids of the supervisor's worker processes (not multiprocessing's resource tracker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+            if parent == supervisor and b"multiprocessing.spawn" in command:
+                found.append(int(entry.name))
+    return sorted(found)
+
+
+async def until(predicate: object, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.e2e
+async def test_a_killed_worker_is_replaced_and_sigterm_drains_every_worker_without_losing_a_row(
+    upstream: FakeUpstream, db_url: str, tmp_path: Path
+) -> None:
+    registry = write_registry(tmp_path / "models.yaml", upstream.base_url)
+    journal = tmp_path / "journal" / "calls"
+    port = free_port()
+    argv = serve_argv("--registry", str(registry), "--port", str(port), "--workers", "2")
+    process = ProxyProcess(argv, proxy_env(db_url, journal), port, tmp_path / "serve.log")
+    await asyncio.to_thread(process.start)
+    assert process.process is not None
+    supervisor = process.process.pid
+    await until(lambda: len(workers_of(supervisor)) == 2, 60, "two workers")
+    first_workers = workers_of(supervisor)
+
+    answered: list[Answer] = []
+    phase = asyncio.Event()
+    stop = asyncio.Event()
+
+    def on_answer(answer: Answer) -> None:
+        answered.append(answer)
+        if len(answered) % PHASE_ANSWERS == 0:
+            phase.set()
+
+    load = asyncio.create_task(run_load(process.base_url, stop, run="workers", on_answer=on_answer))
+    try:
+        await asyncio.wait_for(phase.wait(), timeout=60)
+        phase.clear()
+        # Each worker journals to a segment of its own (a segment is one writer's, under its flock).
+        segments = sorted(journal.parent.glob(journal.name + ".*.journal"))
+        os.kill(first_workers[0], signal.SIGKILL)
+        killed_at = len(answered)
+        await until(
+            lambda: len(workers_of(supervisor)) == 2 and first_workers[0] not in workers_of(supervisor),
+            60,
+            "the killed worker's replacement",
+        )
+        await asyncio.wait_for(phase.wait(), timeout=60)  # the load goes on after the kill
+        terminated_at = len(answered)
+        process.process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(process.process.wait, 90)
+    finally:
+        stop.set()
+        process.stop(sig=signal.SIGKILL)
+        result = await load
+    log = process.log()
+    assert code == 0, log[-3000:]
+    assert terminated_at > killed_at >= PHASE_ANSWERS
+    # Only the supervisor migrated: a worker told nothing would upgrade the database itself.
+    assert log.count("database_upgrade_started") == 1, log[-3000:]
+    assert len(segments) == 2, segments
+    # Stopped for good, nothing started after it: every answered call's rows are in the database.
+    audit = await wait_for_rows(db_url, result.answered, upstream_attempts(upstream, "workers"), timeout_s=1)
+    assert audit.ok and audit.lost == 0, f"{audit.describe()}\n{log[-3000:]}"
+    assert audit.multi_attempt > 0
+    # Both workers alive at the end drained: each logged its flush at shutdown.
+    assert log.count("llm_calls_flushed_at_shutdown") == 2, log[-3000:]
+
+
+def test_workers_out_of_range_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COURSE_LLM_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}")
+    result = CliRunner().invoke(app, ["serve", "--mock", "--workers", "0", "--port", str(free_port())])
+    assert result.exit_code != 0
+    assert "--workers must be between 1 and 64, not 0" in result.output
+    assert not (tmp_path / "calls.db").exists()  # refused before anything was created
+
+
+@pytest.mark.postgres
+def test_replicas_migrating_one_fresh_postgres_database_at_once_all_succeed() -> None:
+    """Four `course-llm db upgrade` processes at once (as replicas starting together): without the
+    lock some fail with a duplicate key (seen: pg_type_typname_nsp_index); with it all succeed.
+    Processes, not threads: Alembic's `context` is one per process."""
+    server = make_url(POSTGRES_ADMIN_URL)
+    name = f"course_llm_race_{secrets.token_hex(6)}"
+    asyncio.run(_postgres_admin(POSTGRES_ADMIN_URL, f'CREATE DATABASE "{name}"'))
+    url = server.set(database=name).render_as_string(hide_password=False)
+    env = {**os.environ, "COURSE_LLM_DATABASE_URL": url}
+    try:
+        upgrades = [
+            subprocess.Popen(
+                [str(BIN / "course-llm"), "db", "upgrade"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            for _ in range(4)
+        ]
+        outputs = [upgrade.communicate(timeout=120)[0].decode(errors="replace") for upgrade in upgrades]
+        assert [upgrade.returncode for upgrade in upgrades] == [0] * 4, outputs
+        assert asyncio.run(_version(url)) == [head_revision()]
+    finally:
+        asyncio.run(_postgres_admin(POSTGRES_ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _version(url: str) -> list[str]:
+    import asyncpg
+
+    plain = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    connection = await asyncpg.connect(plain)
+    try:
+        return [row[0] for row in await connection.fetch("SELECT version_num FROM alembic_version")]
+    finally:
+        await connection.close()
