@@ -37,7 +37,9 @@ of sync calls and some success events in worker threads. State changes therefore
 `threading.Lock`, held for a few dictionary operations and never across I/O. `allow()` for a model
 that has no open circuit (the usual case) reads without the lock: one dict lookup and an attribute
 read, which at worst lets through one request that raced the opening, as an in-flight request is.
-State lives in this process; sharing it through Redis is for the scale-out issue.
+State lives in this process. A `listener` (control/redis_circuits.py, with COURSE_LLM_REDIS_URL)
+is told of each opening and closing, after the lock is released, and tells the breaker what other
+processes opened (`adopt`) and closed (`forget`): one circuit across workers and replicas.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from course_llm.control.sections import CircuitBreakerConfig
 from course_llm.errors import AttemptSkippedError
@@ -63,6 +65,17 @@ _NOT_OUTCOMES = frozenset(
 )
 
 CircuitState = Literal["open", "half_open"]
+
+
+class CircuitListener(Protocol):
+    """Told of every change this process makes (never while the breaker's lock is held)."""
+
+    def opened(
+        self, model_id: str, reopens_at: float, reopens_in_s: float, status_code: int | None, failures: int
+    ) -> None:
+        """`reopens_at` is on the breaker's clock (what `forget` compares); `reopens_in_s` from now."""
+
+    def closed(self, model_id: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +125,8 @@ class CircuitBreaker:
         self.skips_total = 0
         #: How many times a circuit opened (or re-opened after a failed trial), all models.
         self.opened_total = 0
+        #: Told of each opening and closing (the circuits shared through Redis).
+        self.listener: CircuitListener | None = None
 
     # -- the request path --------------------------------------------------------------------
 
@@ -148,6 +163,9 @@ class CircuitBreaker:
             if circuit.opened_at is not None and self._now() < circuit.reopens_at:
                 return  # a straggler that started before the circuit opened (module docstring)
             del self._circuits[model_id]
+            was_open = circuit.opened_at is not None
+        if was_open and self.listener is not None:
+            self.listener.closed(model_id)
 
     def record_failure(self, model_id: str, status_code: int | None, transient: bool) -> None:
         """An attempt on `model_id` failed. Only transient failures (429, 5xx, timeouts, connection
@@ -164,14 +182,18 @@ class CircuitBreaker:
                 circuit = self._circuits[model_id] = _Circuit()
             circuit.last_status_code = status_code
             now = self._now()
+            opened = False
             if circuit.opened_at is None:
                 circuit.failures += 1
                 if circuit.failures >= self.config.failures:
-                    self._open(circuit, now)
+                    opened = self._open(circuit, now)
             elif now >= circuit.reopens_at:
                 circuit.failures += 1
-                self._open(circuit, now)  # half-open: the trial failed, a new cooldown
+                opened = self._open(circuit, now)  # half-open: the trial failed, a new cooldown
             # else: open, a straggler's failure: the cooldown already running is enough
+            failures, reopens_at = circuit.failures, circuit.reopens_at
+        if opened and self.listener is not None:
+            self.listener.opened(model_id, reopens_at, self.config.cooldown_s, status_code, failures)
 
     def observe(self, record: CallRecord) -> None:
         """Feed one attempt's row: a success, a transient failure (429, 5xx, or no HTTP status:
@@ -211,13 +233,40 @@ class CircuitBreaker:
             f"circuit open after {self.config.failures} transient failures: not sent ({when})",
         )
 
-    def _open(self, circuit: _Circuit, now: float) -> None:
+    def _open(self, circuit: _Circuit, now: float, cooldown_s: float | None = None) -> Literal[True]:
         if circuit.opened_at is None:
             circuit.skipped = 0
         circuit.opened_at = now
-        circuit.reopens_at = now + self.config.cooldown_s
+        circuit.reopens_at = now + (self.config.cooldown_s if cooldown_s is None else cooldown_s)
         circuit.trial_started = None
         self.opened_total += 1
+        return True
+
+    # -- what other processes decided (control/redis_circuits.py) -------------------------------
+
+    def adopt(self, model_id: str, reopens_in_s: float, status_code: int | None, failures: int) -> float:
+        """Another process opened `model_id`'s circuit until `reopens_in_s` from now (≤ 0: it is
+        half-open there). Open it here too, unless it is open here until later already. Returns
+        the circuit's `reopens_at` here, for `forget`."""
+        with self._lock:
+            circuit = self._circuits.get(model_id)
+            if circuit is None:
+                circuit = self._circuits[model_id] = _Circuit()
+            now = self._now()
+            until = now + reopens_in_s
+            if circuit.opened_at is None or until > circuit.reopens_at:
+                self._open(circuit, now, cooldown_s=reopens_in_s)
+                circuit.failures = max(circuit.failures, failures)
+                circuit.last_status_code = status_code
+            return circuit.reopens_at
+
+    def forget(self, model_id: str, reopens_at: float) -> None:
+        """Another process closed `model_id`'s circuit (its trial answered): close it here, unless
+        it opened here again since (its `reopens_at` is no longer the one `adopt` returned)."""
+        with self._lock:
+            circuit = self._circuits.get(model_id)
+            if circuit is not None and circuit.opened_at is not None and circuit.reopens_at == reopens_at:
+                del self._circuits[model_id]
 
     # -- reporting ---------------------------------------------------------------------------
 

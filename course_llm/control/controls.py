@@ -33,6 +33,7 @@ import structlog
 
 from course_llm.control.breaker import CircuitBreaker, OpenCircuit
 from course_llm.control.budgets import BudgetBook, BudgetStatus, SpendSource, SpendWindow
+from course_llm.control.redis_circuits import SharedCircuits
 from course_llm.control.sections import BudgetConfig, CircuitBreakerConfig
 from course_llm.errors import CourseLLMError
 from course_llm.recording.clean import clean_text
@@ -74,9 +75,15 @@ class Controls:
         breaker: CircuitBreakerConfig | None,
         has_chain: Callable[[str, str], bool],
         spend_source: SpendSource | None = None,
+        circuits: SharedCircuits | None = None,
     ) -> None:
+        """`circuits` shares the breaker's circuits with other processes (through Redis)."""
         self.book = BudgetBook(budgets, spend_source or _no_spend_source) if budgets else None
         self.breaker = CircuitBreaker(breaker) if breaker is not None else None
+        self._circuits = circuits if self.breaker is not None else None
+        if self._circuits is not None and self.breaker is not None:
+            self._circuits.attach(self.breaker)
+        self._circuits_started = self._circuits is None
         self._has_chain = has_chain
         self._shared = spend_source is not None
         self._source = spend_source
@@ -97,7 +104,12 @@ class Controls:
             await self.book.start()
 
     def start_soon(self) -> None:
-        """`start()` in the background, when an event loop runs (the proxy's start-up)."""
+        """`start()` and the circuits' sync in the background, when an event loop runs (the
+        proxy's start-up; else the first request's `plan` or `gate`)."""
+        if not self._circuits_started and self._circuits is not None:
+            with contextlib.suppress(RuntimeError):  # no loop yet
+                self._circuits.start()
+                self._circuits_started = True
         if self._starting is not None or self.book is None or not self._shared:
             return
         try:
@@ -130,6 +142,8 @@ class Controls:
             self._starting.cancel()
         if self.book is not None:
             await self.book.aclose()
+        if self._circuits is not None:
+            await self._circuits.aclose()
         closing = getattr(self._source, "aclose", None)
         if closing is not None:
             await closing()
@@ -163,7 +177,11 @@ class Controls:
 
     def gate(self, model_id: str) -> tuple[str, str] | None:
         """Before an attempt on `model_id`: None to send it, else its skip row's class and message."""
-        return self.breaker.skip_reason(model_id) if self.breaker is not None else None
+        if self.breaker is None:
+            return None
+        if not self._circuits_started:
+            self.start_soon()
+        return self.breaker.skip_reason(model_id)
 
     def observe(self, record: CallRecord) -> None:
         """Every row: its cost counts in the budgets it matches, its outcome feeds the breaker."""

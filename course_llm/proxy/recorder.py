@@ -174,8 +174,13 @@ class ProxyRecorder(CallLogger):
                 from course_llm.control.redis_spend import RedisSpend
 
                 source = RedisSpend(self.settings.redis_url.get_secret_value(), budgets, seed=source)
+        circuits = None
+        if breaker is not None and self.settings.redis_url is not None:
+            from course_llm.control.redis_circuits import SharedCircuits
+
+            circuits = SharedCircuits(self.settings.redis_url.get_secret_value())
         self._sections = dict(sections)
-        old, self.controls = self.controls, Controls(budgets, breaker, self._has_chain, source)
+        old, self.controls = self.controls, Controls(budgets, breaker, self._has_chain, source, circuits)
         self.controls.start_soon()
         with contextlib.suppress(RuntimeError):  # no loop yet: the old controls never started
             task = asyncio.get_running_loop().create_task(old.aclose())

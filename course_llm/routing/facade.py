@@ -132,8 +132,16 @@ class ModelRouter:
         self._closed = False
         # One logger serves every router of the process (LiteLLM takes at most 100 callbacks).
         self._dispatch = router_dispatch()
-        # The registry's budgets (spend shared through `spend_source`, the database) and breaker.
-        self.controls = Controls(registry.budgets, registry.circuit_breaker, self._has_chain, spend_source)
+        # The registry's budgets (spend shared through `spend_source`, the database) and breaker
+        # (its circuits shared with every process on `redis_url`, when there is one).
+        circuits = None
+        if redis_url and registry.circuit_breaker is not None:
+            from course_llm.control.redis_circuits import SharedCircuits
+
+            circuits = SharedCircuits(redis_url)
+        self.controls = Controls(
+            registry.budgets, registry.circuit_breaker, self._has_chain, spend_source, circuits
+        )
         try:
             self._dispatch.register(self._id, self._on_record, self._gate)
         except CourseLLMError:

@@ -1,0 +1,212 @@
+"""Circuits shared through Redis (course_llm/control/redis_circuits.py): open in one process, open in all.
+
+Two breakers stand for two processes on one Redis (database 15, emptied per test); `sync()` is
+called by hand where the background task would run it every 0.25 s. Then two facade routers with
+the same `redis_url`: a circuit the first opens makes the second skip the model as a CircuitOpen
+row, without an upstream call. The proxy across replicas is tests/test_scale_e2e.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis
+
+from course_llm.control.breaker import CircuitBreaker
+from course_llm.control.redis_circuits import SharedCircuits
+from course_llm.control.sections import CircuitBreakerConfig
+from course_llm.routing.facade import ModelRouter
+from course_llm.routing.registry import parse_registry
+from tests.test_breaker_routing import FAILED, OPEN, chain_of, with_breaker
+from tests.test_response_cache import REDIS_URL, redis_or_skip
+from tests.test_routing_stage2 import ACTION, Rows, ScriptedUpstream, stage2_registry
+
+KEY = "course_llm:circuits"
+MODEL = "gpt"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[redis.Redis]:
+    client = redis_or_skip()
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[ScriptedUpstream]:
+    with ScriptedUpstream() as scripted:
+        yield scripted
+
+
+@pytest.fixture
+def up(upstream: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch) -> ScriptedUpstream:
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "fake-key")
+    upstream.reset()
+    return upstream
+
+
+def process(cooldown_s: float = 30.0) -> tuple[CircuitBreaker, SharedCircuits]:
+    breaker = CircuitBreaker(CircuitBreakerConfig(failures=2, cooldown_s=cooldown_s))
+    shared = SharedCircuits(REDIS_URL)
+    shared.attach(breaker)
+    return breaker, shared
+
+
+def open_here(breaker: CircuitBreaker, status: int = 503) -> None:
+    for _ in range(2):
+        breaker.record_failure(MODEL, status, transient=True)
+    assert breaker.state(MODEL) == "open"
+
+
+async def test_a_circuit_opened_in_one_process_is_open_in_another(server: redis.Redis) -> None:
+    (a, a_shared), (b, b_shared) = process(), process()
+    try:
+        open_here(a)
+        assert b.allow(MODEL)  # not told yet
+        await a_shared.sync()
+        await b_shared.sync()
+        assert not b.allow(MODEL)
+        [circuit] = b.open_circuits()
+        assert (circuit.state, circuit.last_status_code, circuit.consecutive_failures) == ("open", 503, 2)
+        assert 29 < circuit.reopens_in_s <= 30
+        stored = json.loads(server.hget(KEY, MODEL) or b"{}")
+        assert stored["status"] == 503 and stored["until"] == pytest.approx(time.time() + 30, abs=2)
+    finally:
+        await a_shared.aclose()
+        await b_shared.aclose()
+
+
+async def test_a_successful_trial_anywhere_closes_the_circuit_everywhere(server: redis.Redis) -> None:
+    (a, a_shared), (b, b_shared) = process(cooldown_s=0.2), process(cooldown_s=0.2)
+    try:
+        open_here(a)
+        await a_shared.sync()
+        await b_shared.sync()
+        await asyncio.sleep(0.25)
+        assert b.state(MODEL) == "half_open" and a.state(MODEL) == "half_open"
+        assert b.allow(MODEL)  # b's trial
+        b.record_success(MODEL)
+        await b_shared.sync()
+        assert server.hget(KEY, MODEL) is None
+        await a_shared.sync()
+        assert a.state(MODEL) == "closed" and a.open_circuits() == []
+    finally:
+        await a_shared.aclose()
+        await b_shared.aclose()
+
+
+async def test_a_close_does_not_undo_a_reopening_elsewhere(server: redis.Redis) -> None:
+    (a, a_shared), (b, b_shared) = process(cooldown_s=0.2), process(cooldown_s=0.2)
+    try:
+        open_here(a)
+        await a_shared.sync()
+        await b_shared.sync()
+        await asyncio.sleep(0.25)
+        assert a.allow(MODEL) and b.allow(MODEL)  # each process's trial
+        a.record_failure(MODEL, 500, transient=True)  # a's trial fails: a new cooldown
+        await a_shared.sync()
+        b.record_success(MODEL)  # b's trial answers, but b saw the older opening
+        await b_shared.sync()
+        assert json.loads(server.hget(KEY, MODEL) or b"{}")["status"] == 500  # still there
+        assert b.state(MODEL) == "open"  # and b took the re-opening
+        await a_shared.sync()
+        assert a.state(MODEL) == "open"
+    finally:
+        await a_shared.aclose()
+        await b_shared.aclose()
+
+
+async def test_the_latest_cooldown_wins_and_an_earlier_one_never_shortens_it(server: redis.Redis) -> None:
+    (a, a_shared), (b, b_shared) = process(cooldown_s=60), process(cooldown_s=5)
+    try:
+        open_here(a)  # open for 60 s
+        await a_shared.sync()
+        open_here(b)  # b opens on its own, for 5 s, before it has heard of a's
+        await b_shared.sync()
+        until = json.loads(server.hget(KEY, MODEL) or b"{}")["until"]
+        assert until == pytest.approx(time.time() + 60, abs=2)
+        [circuit] = b.open_circuits()
+        assert circuit.reopens_in_s > 55
+    finally:
+        await a_shared.aclose()
+        await b_shared.aclose()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"not json", b'{"until": "soon"}', b'{"until": Infinity}', b'{"until": 1e300, "status": "x"}', b"[]"],
+)
+async def test_a_field_that_is_not_a_circuit_is_dropped_and_opens_nothing(
+    server: redis.Redis, value: bytes
+) -> None:
+    server.hset(KEY, MODEL, value)
+    breaker, shared = process()
+    try:
+        await shared.sync()
+        assert breaker.allow(MODEL) and breaker.open_circuits() == []
+        assert server.hget(KEY, MODEL) is None
+    finally:
+        await shared.aclose()
+
+
+async def test_a_circuit_left_half_open_for_a_day_is_dropped(server: redis.Redis) -> None:
+    server.hset(KEY, MODEL, json.dumps({"until": time.time() - 2 * 86400, "status": 500, "failures": 3}))
+    breaker, shared = process()
+    try:
+        await shared.sync()
+        assert breaker.state(MODEL) == "closed" and server.hget(KEY, MODEL) is None
+    finally:
+        await shared.aclose()
+
+
+async def test_with_redis_away_the_breaker_goes_on_alone_and_shares_its_opening_later(
+    server: redis.Redis,
+) -> None:
+    breaker = CircuitBreaker(CircuitBreakerConfig(failures=2, cooldown_s=30))
+    away = SharedCircuits("redis://127.0.0.1:1/0")
+    away.attach(breaker)
+    open_here(breaker)
+    with pytest.raises(redis.exceptions.ConnectionError):
+        await away.sync()
+    assert not breaker.allow(MODEL)  # the local circuit works all the same
+    await away.aclose()
+    # The opening waited in memory: a sync that reaches Redis sends it.
+    back = SharedCircuits(REDIS_URL)
+    back._breaker = breaker  # the same breaker, now on a Redis that answers
+    back._changes = away._changes
+    try:
+        await back.sync()
+        assert server.hget(KEY, MODEL) is not None
+    finally:
+        await back.aclose()
+
+
+async def test_two_routers_on_one_redis_share_an_open_circuit(
+    server: redis.Redis, up: ScriptedUpstream
+) -> None:
+    up.script("m-first", FAILED)
+    registry = parse_registry(with_breaker(stage2_registry(up.base_url)))
+    rows = Rows()
+    first = ModelRouter(registry, writer=rows, redis_url=REDIS_URL)  # type: ignore[arg-type]
+    second = ModelRouter(registry, writer=rows, redis_url=REDIS_URL)  # type: ignore[arg-type]
+    async with first, second:
+        await first.complete(ACTION, "x")  # two 500s: its circuit opens
+        await asyncio.sleep(0.2)
+        await second.complete(ACTION, "warm up")  # starts the second router's sync; may call m-first
+        deadline = time.monotonic() + 5
+        while second.breaker is not None and second.breaker.state("first") == "closed":
+            assert time.monotonic() < deadline, "the opening never reached the second router"
+            await asyncio.sleep(0.05)
+        up.reset()
+        skipped = await second.complete(ACTION, "x")
+    assert chain_of(rows, skipped.request_id) == [
+        (1, "first", None, OPEN, False),
+        (2, "second", None, None, True),
+    ]
+    assert up.models() == ["m-second"]
