@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Self
 
@@ -89,7 +90,15 @@ class Settings(BaseSettings):
         "secrets masked (0: keep none)",
     )
     redis_url: SecretStr | None = Field(
-        None, description="redis://…: the registry's `cache: {type: redis}`, and budgets shared through Redis"
+        None,
+        description="redis://…: the registry's `cache: {type: redis}`, and budgets, circuit breaker "
+        "and LiteLLM's router state shared by every process and replica",
+    )
+    replica: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        max_length=200,
+        description="this replica's name: the `replica` label of /metrics (default: the host name)",
     )
     master_key: SecretStr | None = Field(
         None, validation_alias="LITELLM_MASTER_KEY", description="the proxy's key (LITELLM_MASTER_KEY)"

@@ -181,6 +181,21 @@ def test_proxy_config_installs_the_logger_and_the_master_key(small: Registry) ->
     assert config["general_settings"]["trusted_proxy_ranges"] == []  # X-Forwarded-For not trusted
 
 
+def test_with_shared_redis_litellms_router_keeps_its_state_in_that_redis(small: Registry) -> None:
+    assert "redis_url" not in compile_proxy_config(small)["router_settings"]
+    config = compile_proxy_config(small, shared_redis=True)
+    assert config["router_settings"]["redis_url"] == "os.environ/COURSE_LLM_REDIS_URL"
+    # LiteLLM's Router takes it as its DualCache's Redis (the proxy resolves the os.environ/ ref).
+    from litellm import Router
+
+    settings = dict(config["router_settings"], redis_url="redis://127.0.0.1:6379/15")
+    router = Router(model_list=config["model_list"], **settings)
+    try:
+        assert router.cache.redis_cache is not None
+    finally:
+        router.discard()
+
+
 def test_checked_in_proxy_config_matches_the_registry() -> None:
     """Fails when config/models.yaml changed without `make compile`."""
     registry = load_registry(ROOT / "config" / "models.yaml")

@@ -45,11 +45,30 @@ def record(labels: dict[str, str], *, success: bool = True, **values: Any) -> Ca
 
 def samples(recorder: MetricsRecorder) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     body, _ = recorder.render()
+    return scraped(body.decode(), process_labels=())
+
+
+#: The labels the proxy adds to every sample of a process (`replica`, `pid`).
+PROCESS_LABELS = ("replica", "pid")
+
+
+def scraped(
+    text: str, process_labels: tuple[str, ...] = PROCESS_LABELS
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """A `/metrics` text as {(sample name, its labels): value}, `process_labels` left out."""
     return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(body.decode())
+        (
+            sample.name,
+            frozenset((k, v) for k, v in sample.labels.items() if k not in process_labels),
+        ): sample.value
+        for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """One sample of a `/metrics` text (None when absent), the process labels left out."""
+    return scraped(text).get((name, frozenset(labels.items())))
 
 
 def value(recorder: MetricsRecorder, name: str, labels: dict[str, str], **extra: str) -> float:
@@ -121,6 +140,22 @@ def test_recorders_do_not_share_a_registry() -> None:
     first.observe(record(VIDEO))
     assert value(first, "course_llm_calls_total", VIDEO) == 1
     assert ("course_llm_calls_total", frozenset(VIDEO.items())) not in samples(second)
+
+
+def test_process_labels_are_on_every_sample_of_every_family() -> None:
+    recorder = MetricsRecorder(process_labels={"replica": 'eu-1 "a"', "pid": "4242"})
+    recorder.observe(record(VIDEO, tokens_in=3, latency_ms=20.0, cost_usd=0.25))
+    recorder.watch_writer(
+        lambda: {"rows_written": 7, "pending": 0, "database_available": True, "degraded": None}
+    )
+    found = samples(recorder)
+    process = {"replica": 'eu-1 "a"', "pid": "4242"}
+    assert value(recorder, "course_llm_calls_total", VIDEO, **process) == 1
+    assert value(recorder, "course_llm_rows_written_total", {}, **process) == 7
+    bucket = {**VIDEO, **process, "le": "+Inf"}
+    assert found[("course_llm_call_latency_seconds_bucket", frozenset(bucket.items()))] == 1
+    unlabelled = [name for name, labels in found if not process.items() <= dict(labels).items()]
+    assert unlabelled == []
 
 
 def test_render_returns_the_prometheus_text_content_type(recorder: MetricsRecorder) -> None:

@@ -364,7 +364,8 @@ def mount_routes(app: Any) -> None:
     try:
         from course_llm.reporting.metrics import MetricsRecorder, create_metrics_router
 
-        recorder = MetricsRecorder()
+        replica = {"replica": logger.settings.replica, "pid": str(os.getpid())}
+        recorder = MetricsRecorder(process_labels=replica)
         logger.add_observer(recorder.observe)
         recorder.watch_writer(logger.writer.stats)
         recorder.watch_controls(lambda: logger.controls)

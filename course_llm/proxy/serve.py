@@ -167,6 +167,7 @@ def prepare(
         max_attempts=settings.max_attempts,
         fallback_strategy=settings.fallback_strategy,
         timeout_s=settings.request_timeout_s,
+        shared_redis=settings.redis_url is not None,
     )
     mock_socket = None
     if mock:

@@ -40,6 +40,11 @@ course_llm/control/controls.py):
 
 Each recorder owns its `CollectorRegistry`: the global default registry would make two recorders
 (two tests, two apps in one process) collide on metric names.
+
+Every figure is this process's own (a scrape of a port served by `--workers N` reaches one
+worker). The proxy labels every sample with `replica` (COURSE_LLM_REPLICA, default the host name)
+and `pid`, so a scraper that reaches each process can tell them apart and sum them; the dashboard
+and the usage API read the database, which holds every replica's rows.
 """
 
 from __future__ import annotations
@@ -101,8 +106,12 @@ class MetricsRecorder:
     dict lookup and six lock-protected additions.
     """
 
-    def __init__(self, buckets: Iterable[float] = LATENCY_BUCKETS) -> None:
+    def __init__(
+        self, buckets: Iterable[float] = LATENCY_BUCKETS, *, process_labels: Mapping[str, str] | None = None
+    ) -> None:
+        """`process_labels` are added to every sample at each scrape (the proxy's replica and pid)."""
         self.registry = CollectorRegistry(auto_describe=True)
+        self._exposed: Any = _Labelled(self.registry, process_labels) if process_labels else self.registry
         self.dropped = 0
         self._series: dict[tuple[str, str, str, str], _Series] = {}
         self._series_lock = threading.Lock()
@@ -196,7 +205,25 @@ class MetricsRecorder:
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of every metric, and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return generate_latest(self._exposed), CONTENT_TYPE_LATEST
+
+
+class _Labelled(Collector):
+    """A registry whose samples all carry the same extra labels, after their own (which win)."""
+
+    def __init__(self, registry: CollectorRegistry, labels: Mapping[str, str]) -> None:
+        self._registry = registry
+        self._labels = dict(labels)
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._registry.collect():
+            metric.samples = [
+                sample._replace(
+                    labels=sample.labels | {k: v for k, v in self._labels.items() if k not in sample.labels}
+                )
+                for sample in metric.samples
+            ]
+            yield metric
 
 
 class _WriterCollector(Collector):

@@ -48,7 +48,7 @@ PROXY_AUTH = "course_llm.proxy.auth.user_api_key_auth"
 MASTER_KEY_REF = "os.environ/LITELLM_MASTER_KEY"
 #: Top-level key of the proxy config holding the registry's control sections (LiteLLM ignores it).
 CONTROLS_KEY = "course_llm"
-#: Where the proxy's Redis response cache finds its server (settings.py `redis_url`).
+#: Where the proxy's Redis (response cache, router state) is (settings.py `redis_url`).
 REDIS_URL_ENV = "COURSE_LLM_REDIS_URL"
 
 
@@ -202,11 +202,18 @@ def compile_proxy_config(
     max_attempts: int = 2,
     fallback_strategy: str | None = None,
     timeout_s: float = 600.0,
+    shared_redis: bool = False,
 ) -> dict[str, Any]:
-    """The LiteLLM proxy config: router config plus the course_llm logger and the master key."""
+    """The LiteLLM proxy config: router config plus the course_llm logger and the master key.
+
+    `shared_redis` (serve, with COURSE_LLM_REDIS_URL set): LiteLLM's router keeps its state
+    (its DualCache: usage counters, cooldowns, scheduler) in that Redis too, so the router of every
+    worker and replica sees the same figures, as LiteLLM's multi-instance set-up asks."""
     router = compile_router_config(
         registry, max_attempts=max_attempts, fallback_strategy=fallback_strategy, timeout_s=timeout_s
     )
+    if shared_redis:
+        router["router_settings"]["redis_url"] = f"os.environ/{REDIS_URL_ENV}"
     litellm_settings: dict[str, Any] = {
         "callbacks": [PROXY_CALLBACK],
         # Parameters a provider does not support (e.g. response_format on some models) are
