@@ -147,6 +147,60 @@ async def test_a_killed_worker_is_replaced_and_sigterm_drains_every_worker_witho
     assert log.count("llm_calls_flushed_at_shutdown") == 2, log[-3000:]
 
 
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie waiting for its reaper is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.e2e
+async def test_workers_of_a_killed_supervisor_drain_and_free_the_port(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    db_url = f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}"
+    registry = write_registry(tmp_path / "models.yaml", upstream.base_url)
+    journal = tmp_path / "journal" / "calls"
+    port = free_port()
+    argv = serve_argv("--registry", str(registry), "--port", str(port), "--workers", "2")
+    process = ProxyProcess(argv, proxy_env(db_url, journal), port, tmp_path / "serve.log")
+    await asyncio.to_thread(process.start)
+    assert process.process is not None
+    supervisor = process.process.pid
+    await until(lambda: len(workers_of(supervisor)) == 2, 60, "two workers")
+    workers = workers_of(supervisor)
+    stop = asyncio.Event()
+    answered: list[Answer] = []
+
+    def on_answer(answer: Answer) -> None:
+        answered.append(answer)
+        if len(answered) >= PHASE_ANSWERS:
+            stop.set()
+
+    result = await run_load(process.base_url, stop, run="orphaned", on_answer=on_answer)
+    process.stop(sig=signal.SIGKILL)
+    try:
+        await until(lambda: not any(running(pid) for pid in workers), 30, "the workers to stop")
+    finally:
+        for pid in workers:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    # They drained: every answered call's rows are in the database, and the port is free again.
+    audit = await wait_for_rows(db_url, result.answered, upstream_attempts(upstream, "orphaned"), timeout_s=1)
+    assert audit.ok and audit.lost == 0, f"{audit.describe()}\n{process.log()[-3000:]}"
+    assert "serve_supervisor_gone" in process.log()
+    again = ProxyProcess(
+        serve_argv("--registry", str(registry), "--port", str(port)),
+        proxy_env(db_url, journal),
+        port,
+        tmp_path / "again.log",
+    )
+    await asyncio.to_thread(again.start)
+    again.stop()
+
+
 def test_workers_out_of_range_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COURSE_LLM_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}")
@@ -192,3 +246,36 @@ async def _version(url: str) -> list[str]:
         return [row[0] for row in await connection.fetch("SELECT version_num FROM alembic_version")]
     finally:
         await connection.close()
+
+
+@pytest.mark.e2e
+async def test_sigterm_lets_every_worker_finish_its_requests_against_the_mock(tmp_path: Path) -> None:
+    """`--mock --workers 2`: the mock upstream runs in the supervisor, which must keep it answering
+    until the last worker has drained. Each request waits 2 s at the mock; SIGTERM comes at 0.5 s."""
+    import sqlite3
+
+    import httpx
+
+    from course_llm.proxy.serve import DEV_KEY
+    from tests.test_quiet_logs_e2e import mock_env
+
+    port = free_port()
+    argv = serve_argv("--mock", "--port", str(port), "--workers", "2")
+    process = ProxyProcess(argv, mock_env(tmp_path), port, tmp_path / "serve.log")
+    await asyncio.to_thread(process.start)
+    assert process.process is not None
+    await until(lambda: len(workers_of(process.process.pid)) == 2, 60, "two workers")
+    body = {"model": "text_processing", "messages": [{"role": "user", "content": "[mock-delay 2s] hi"}]}
+    async with httpx.AsyncClient(
+        base_url=process.base_url, headers={"Authorization": f"Bearer {DEV_KEY}"}, timeout=30
+    ) as client:
+        calls = [asyncio.create_task(client.post("/v1/chat/completions", json=body)) for _ in range(8)]
+        await asyncio.sleep(0.5)
+        process.process.send_signal(signal.SIGTERM)
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+    code = await asyncio.to_thread(process.process.wait, 60)
+    statuses = [a.status_code if isinstance(a, httpx.Response) else repr(a) for a in answers]
+    assert statuses == [200] * 8, process.log()[-3000:]
+    assert code == 0
+    with sqlite3.connect(tmp_path / "calls.db") as db:
+        assert db.execute("SELECT count(*), sum(success) FROM llm_calls").fetchone() == (8, 8)

@@ -16,7 +16,9 @@ to every worker, and the supervisor waits for all of them, with no time limit: e
 single `serve` does (in-flight requests for up to 30 s, then LiteLLM's shutdown, which flushes the
 rows). A worker that dies (SIGKILL, out of memory) is replaced; its replacement's row writer finds
 the dead worker's segment unlocked and replays it (an orphan) before taking traffic. SIGHUP
-replaces the workers one by one, SIGTTIN/SIGTTOU add or remove one.
+replaces the workers one by one, SIGTTIN/SIGTTOU add or remove one. A supervisor that dies without
+a word (SIGKILL) would leave its workers serving, holding the port against the next `serve`:
+each worker watches its parent and, once it is gone, stops as on SIGTERM (drained, rows flushed).
 
 With `--mock`, the offline upstream runs in a thread of the supervisor, so all workers share it and
 it answers until the last worker has drained.
@@ -28,6 +30,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -54,8 +57,21 @@ _MOCK_START_S = 10.0
 def worker_app() -> Any:
     """The app of one worker: the proxy's, built as a single `serve` builds it."""
     configure_environment()
+    _stop_with_supervisor(os.getppid())
     migrated = os.environ.get(MIGRATED_ENV) == "1"
     return proxy_app(Settings().database_url if migrated else None)
+
+
+def _stop_with_supervisor(supervisor: int, every_s: float = 1.0) -> None:
+    """SIGTERM this worker once its supervisor is gone (its parent is then another process)."""
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(every_s)
+        log.warning("serve_supervisor_gone", supervisor_pid=supervisor, worker_pid=os.getpid())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="course_llm-supervisor-watch", daemon=True).start()
 
 
 def run_workers(plan: ServePlan) -> None:
