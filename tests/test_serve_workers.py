@@ -147,6 +147,12 @@ async def test_a_killed_worker_is_replaced_and_sigterm_drains_every_worker_witho
     assert log.count("llm_calls_flushed_at_shutdown") == 2, log[-3000:]
 
 
+def listening_sockets(port: int) -> int:
+    """How many TCP sockets listen on `port` (IPv4, this network namespace)."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for line in lines if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A")
+
+
 def running(pid: int) -> bool:
     """Whether `pid` is a live process (a zombie waiting for its reaper is not)."""
     try:
@@ -279,3 +285,53 @@ async def test_sigterm_lets_every_worker_finish_its_requests_against_the_mock(tm
     assert code == 0
     with sqlite3.connect(tmp_path / "calls.db") as db:
         assert db.execute("SELECT count(*), sum(success) FROM llm_calls").fetchone() == (8, 8)
+
+
+@pytest.mark.e2e
+async def test_keep_alive_clients_are_spread_over_the_workers_and_the_port_is_theirs(tmp_path: Path) -> None:
+    """Each worker listens on its own SO_REUSEPORT socket, and the kernel spreads new connections
+    over them (with one shared socket, 16 keep-alive clients were seen all on one worker). A
+    second `serve` on the port is refused, as with one process."""
+    import re
+
+    import httpx
+
+    from course_llm.proxy.serve import DEV_KEY
+    from tests.test_quiet_logs_e2e import mock_env
+
+    port = free_port()
+    argv = serve_argv("--mock", "--port", str(port), "--workers", "2")
+    process = ProxyProcess(argv, mock_env(tmp_path), port, tmp_path / "serve.log")
+    await asyncio.to_thread(process.start)
+    assert process.process is not None
+    await until(lambda: len(workers_of(process.process.pid)) == 2, 60, "two workers")
+    body = {"model": "text_processing", "messages": [{"role": "user", "content": "hi"}]}
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(
+        base_url=process.base_url, headers={"Authorization": f"Bearer {DEV_KEY}"}, timeout=60, limits=limits
+    ) as client:
+
+        async def client_calls() -> list[int]:
+            return [(await client.post("/v1/chat/completions", json=body)).status_code for _ in range(5)]
+
+        statuses = [s for calls in await asyncio.gather(*(client_calls() for _ in range(64))) for s in calls]
+    listening = listening_sockets(port)
+    (tmp_path / "second").mkdir()
+    second = await asyncio.to_thread(
+        subprocess.run,
+        serve_argv("--mock", "--port", str(port)),
+        env={**os.environ, **mock_env(tmp_path / "second")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    process.stop()
+    assert statuses == [200] * 320
+    written = [
+        int(n) for n in re.findall(r"llm_calls_flushed_at_shutdown .*?rows_written=(\d+)", process.log())
+    ]
+    assert sum(written) == 320 and len(written) == 2, process.log()[-2000:]
+    # Hashed over two sockets, 64 connections put at least 9 on each but with odds of 1 in 10^9.
+    assert min(written) >= 40, written
+    assert listening == 2  # one socket per worker (a shared socket is one)
+    assert second.returncode != 0 and f"cannot listen on 127.0.0.1:{port}" in second.stdout + second.stderr

@@ -1,11 +1,17 @@
 """`course-llm serve --workers N`: N proxy processes on one port, under uvicorn's own supervisor.
 
 One `serve` process is one event loop on one core. With `--workers N` the `serve` process prepares
-everything once (serve.py `prepare`: registry, runtime config, database migration), binds the port,
-and hands over to `uvicorn.supervisors.Multiprocess`, which spawns N fresh interpreters sharing the
-listening socket (the kernel spreads connections over them). Each worker imports `worker_app`,
-which builds the same app as a single `serve` from what the environment says: the key and the
-config file (as for `litellm --config`) and `MIGRATED_ENV`, so no worker migrates again.
+everything once (serve.py `prepare`: registry, runtime config, database migration), reserves the
+port, and hands over to `uvicorn.supervisors.Multiprocess`, which spawns N fresh interpreters.
+Each worker imports `worker_app`, which builds the same app as a single `serve` from what the
+environment says: the key and the config file (as for `litellm --config`) and `MIGRATED_ENV`, so
+no worker migrates again.
+
+Each worker listens on a socket of its own, bound to the one address with SO_REUSEPORT, and the
+kernel spreads new connections evenly over them (`ReusePortListener`). uvicorn's way, one socket
+shared by all, lets whichever worker wakes first accept every connection waiting (asyncio accepts
+up to its backlog per wake-up): measured, 16 keep-alive clients all landed on one of two workers,
+and the second worker added nothing.
 
 What each worker owns: its LiteLLM router, its row writer and so its journal segment (journal.py:
 one segment per writer, under the writer's `flock`), its budgets' book and circuit breaker (shared
@@ -31,6 +37,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -95,8 +102,8 @@ def run_workers(plan: ServePlan) -> None:
         timeout_keep_alive=KEEP_ALIVE_S,
     )
     stop_mock = _start_mock(plan.mock_socket) if plan.mock_socket is not None else None
-    listener = config.bind_socket()
-    supervisor = Multiprocess(config, sockets=[listener])
+    listener = ReusePortListener(plan.host, plan.port, config.backlog)
+    supervisor = Multiprocess(config, sockets=[listener])  # type: ignore[list-item]
     try:
         supervisor.run()
     finally:
@@ -106,6 +113,45 @@ def run_workers(plan: ServePlan) -> None:
         shutil.rmtree(plan.config_path.parent, ignore_errors=True)
     if any(worker.exitcode == STARTUP_FAILURE for worker in supervisor.processes):
         raise SystemExit(STARTUP_FAILURE)  # a worker could not start; uvicorn logged why
+
+
+class ReusePortListener:
+    """What the supervisor hands uvicorn as "the" listening socket. It binds the address with
+    SO_REUSEPORT but does not listen (a listening socket nobody accepts on would be given its
+    share of connections): it holds the port, so a taken port fails here, at once. Each worker
+    unpickles it (uvicorn pickles a worker's sockets to spawn it) as a new socket of its own,
+    bound to the same address with SO_REUSEPORT and listening."""
+
+    def __init__(self, host: str, port: int, backlog: int) -> None:
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.address = (host, port)
+        self.backlog = backlog
+        self._holder = _reuse_port_socket(self.family, self.address)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _listen_reuse_port, (self.family, self.address, self.backlog)
+
+    def close(self) -> None:
+        self._holder.close()
+
+
+def _reuse_port_socket(family: int, address: tuple[str, int]) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ServeError(f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _listen_reuse_port(family: int, address: tuple[str, int], backlog: int) -> socket.socket:
+    """A worker's own listening socket (called when the worker unpickles its `ReusePortListener`)."""
+    sock = _reuse_port_socket(family, address)
+    sock.listen(backlog)
+    return sock
 
 
 def _start_mock(mock_socket: Any) -> Callable[[], None]:
