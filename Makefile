@@ -35,6 +35,7 @@ bench: $(STAMP)  ## benchmarks with figures (not part of make test)
 	$(BIN)/python bench/bench_logging.py
 	$(BIN)/python bench/bench_usage.py
 	$(BIN)/python bench/bench_proxy.py
+	$(BIN)/python bench/bench_scale.py
 
 compile: $(STAMP)  ## regenerate proxy_config.yaml from config/models.yaml
 	$(BIN)/course-llm compile

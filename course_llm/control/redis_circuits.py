@@ -66,6 +66,8 @@ return 0
 #: A field nobody has changed for this long is dropped when read (a circuit left half-open by
 #: processes that all stopped). It only ever closes a circuit nobody is tracking any more.
 _STALE_S = 24 * 3600.0
+#: Seconds one Redis connect or command may take.
+_TIMEOUT_S = 2.0
 
 
 class SharedCircuits:
@@ -81,7 +83,11 @@ class SharedCircuits:
     ) -> None:
         import redis.asyncio
 
-        self._redis: Any = client or redis.asyncio.Redis.from_url(redis_url)
+        # Timeouts: a Redis that stopped answering must not hold a sync (or the shutdown) for
+        # the operating system's connect timeout, minutes on a dropped route.
+        self._redis: Any = client or redis.asyncio.Redis.from_url(
+            redis_url, socket_connect_timeout=_TIMEOUT_S, socket_timeout=_TIMEOUT_S
+        )
         self._key = key
         self.interval_s = interval_s
         self._open_script = self._redis.register_script(_OPEN)
@@ -194,8 +200,8 @@ class SharedCircuits:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        with contextlib.suppress(Exception):
-            await self.sync()  # a last closing or opening reaches the others
+        with contextlib.suppress(Exception):  # a last closing or opening reaches the others
+            await asyncio.wait_for(self.sync(), _TIMEOUT_S)
         await self._redis.aclose()
 
 
