@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from course_llm.proxy import serve
-from course_llm.proxy.serve import DEV_KEY, ServeError, ServePlan, banner, mock_delay_s
+from course_llm.proxy.mock import MAX_MOCK_DELAY_S, mock_delay_s
+from course_llm.proxy.serve import DEV_KEY, ServeError, ServePlan, banner
 from course_llm.settings import Settings
 
 
@@ -89,7 +90,7 @@ def test_the_banner_url_is_one_a_client_on_this_machine_can_reach(host: str, url
         (b'{"content": "hi [mock-delay 2s]"}', 2.0),
         (b'{"content": "hi [mock-delay 1.5]"}', 1.5),
         (b'{"content": "hi [mock-delay 250ms]"}', 0.25),
-        (b'{"content": "hi [mock-delay 3600s]"}', serve.MAX_MOCK_DELAY_S),
+        (b'{"content": "hi [mock-delay 3600s]"}', MAX_MOCK_DELAY_S),
         (b'{"content": "hi"}', 0.0),
         (b'{"content": "hi [mock-delay soon]"}', 0.0),
     ],

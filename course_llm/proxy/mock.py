@@ -18,10 +18,12 @@ directive anywhere in the prompt: `[mock-fail gemini-2.5-flash=503]`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -112,3 +114,75 @@ async def _stream(
     if include_usage:
         yield event([], usage=usage)
     yield b"data: [DONE]\n\n"
+
+
+# -- the server `serve --mock` runs it in ------------------------------------------------------------
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_DELAY = re.compile(rb"\[mock-delay\s+(\d+(?:\.\d+)?)\s*(ms|s)?\]")
+#: The longest `[mock-delay …]` honoured: a prompt cannot hold the mock for longer.
+MAX_MOCK_DELAY_S = 60.0
+
+
+def mock_delay_s(body: bytes) -> float:
+    """The delay a `[mock-delay 2s]` (or `500ms`) directive in a request body asks for."""
+    found = _DELAY.search(body)
+    if found is None:
+        return 0.0
+    seconds = float(found.group(1)) / (1000 if found.group(2) == b"ms" else 1)
+    return min(seconds, MAX_MOCK_DELAY_S)
+
+
+class _MockDelay:
+    """ASGI middleware of the mock upstream: waits as long as the request's directive says."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            more = bool(message.get("more_body"))
+        body = b"".join(chunks)
+        delay = mock_delay_s(body)
+        if delay:
+            await asyncio.sleep(delay)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def mock_upstream_app() -> Any:
+    """The offline upstream of `--mock`: the OpenAI-compatible routes above, with delays."""
+    from fastapi import FastAPI
+
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app.include_router(create_mock_router())
+    app.add_middleware(_MockDelay)
+    return app
+
+
+class QuietServer:
+    """Mixin for a uvicorn server that leaves the process's signals to the proxy's server."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield

@@ -30,11 +30,10 @@ import atexit
 import contextlib
 import ipaddress
 import os
-import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +42,7 @@ import structlog
 
 from course_llm._litellm import configure_environment
 from course_llm.errors import CourseLLMError
+from course_llm.proxy.mock import QuietServer, mock_upstream_app
 from course_llm.routing.compiler import compile_proxy_config, render_proxy_config
 from course_llm.routing.registry import load_registry
 from course_llm.settings import Settings
@@ -251,70 +251,6 @@ def banner(plan: ServePlan) -> str:
     return "\n".join(lines)
 
 
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-_DELAY = re.compile(rb"\[mock-delay\s+(\d+(?:\.\d+)?)\s*(ms|s)?\]")
-#: The longest `[mock-delay …]` honoured: a prompt cannot hold the mock for longer.
-MAX_MOCK_DELAY_S = 60.0
-
-
-def mock_delay_s(body: bytes) -> float:
-    """The delay a `[mock-delay 2s]` (or `500ms`) directive in a request body asks for."""
-    found = _DELAY.search(body)
-    if found is None:
-        return 0.0
-    seconds = float(found.group(1)) / (1000 if found.group(2) == b"ms" else 1)
-    return min(seconds, MAX_MOCK_DELAY_S)
-
-
-class _MockDelay:
-    """ASGI middleware of the mock upstream: waits as long as the request's directive says."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        chunks: list[bytes] = []
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            more = bool(message.get("more_body"))
-        body = b"".join(chunks)
-        delay = mock_delay_s(body)
-        if delay:
-            await asyncio.sleep(delay)
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-
-def mock_upstream_app() -> Any:
-    """The offline upstream of `--mock`: mock.py's OpenAI-compatible routes, with delays."""
-    from fastapi import FastAPI
-
-    from course_llm.proxy.mock import create_mock_router
-
-    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-    app.include_router(create_mock_router())
-    app.add_middleware(_MockDelay)
-    return app
-
-
 def run(plan: ServePlan) -> None:
     """Serve until SIGTERM or SIGINT; then finish in-flight requests and flush every row."""
     import uvicorn
@@ -349,14 +285,6 @@ def run(plan: ServePlan) -> None:
         runner.run(_serve(proxy, plan.mock_socket))
     if not proxy.started:  # uvicorn logged why (as `uvicorn.run` does, exit with its code 3)
         raise SystemExit(3)
-
-
-class QuietServer:
-    """Mixin for a uvicorn server that leaves the process's signals to the proxy's server."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 async def _serve(proxy: uvicorn.Server, mock_socket: socket.socket | None) -> None:

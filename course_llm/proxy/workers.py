@@ -158,7 +158,7 @@ def _start_mock(mock_socket: Any) -> Callable[[], None]:
     """Serve the `--mock` upstream from a thread of this process; return what stops it."""
     import uvicorn
 
-    from course_llm.proxy.serve import QuietServer, mock_upstream_app
+    from course_llm.proxy.mock import QuietServer, mock_upstream_app
 
     class MockServer(QuietServer, uvicorn.Server):
         pass
