@@ -193,18 +193,19 @@ async def test_two_routers_on_one_redis_share_an_open_circuit(
     up.script("m-first", FAILED)
     registry = parse_registry(with_breaker(stage2_registry(up.base_url)))
     rows = Rows()
-    first = ModelRouter(registry, writer=rows, redis_url=REDIS_URL)  # type: ignore[arg-type]
-    second = ModelRouter(registry, writer=rows, redis_url=REDIS_URL)  # type: ignore[arg-type]
-    async with first, second:
-        await first.complete(ACTION, "x")  # two 500s: its circuit opens
-        await asyncio.sleep(0.2)
-        await second.complete(ACTION, "warm up")  # starts the second router's sync; may call m-first
-        deadline = time.monotonic() + 5
-        while second.breaker is not None and second.breaker.state("first") == "closed":
-            assert time.monotonic() < deadline, "the opening never reached the second router"
-            await asyncio.sleep(0.05)
-        up.reset()
-        skipped = await second.complete(ACTION, "x")
+    async with asyncio.timeout(60):  # a hang fails here, with the awaiting stack, not the suite
+        first = ModelRouter(registry, writer=rows, redis_url=REDIS_URL)  # type: ignore[arg-type]
+        second = ModelRouter(registry, writer=rows, redis_url=REDIS_URL)  # type: ignore[arg-type]
+        async with first, second:
+            await first.complete(ACTION, "x")  # two 500s: its circuit opens
+            await asyncio.sleep(0.2)
+            await second.complete(ACTION, "warm up")  # starts the second router's sync; may call m-first
+            deadline = time.monotonic() + 5
+            while second.breaker is not None and second.breaker.state("first") == "closed":
+                assert time.monotonic() < deadline, "the opening never reached the second router"
+                await asyncio.sleep(0.05)
+            up.reset()
+            skipped = await second.complete(ACTION, "x")
     assert chain_of(rows, skipped.request_id) == [
         (1, "first", None, OPEN, False),
         (2, "second", None, None, True),
