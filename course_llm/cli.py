@@ -119,7 +119,7 @@ def compile_command(
 def serve(
     registry: RegistryOption = None,
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 4000,
+    port: Annotated[int, typer.Option(help="port to listen on", min=1, max=65535)] = 4000,
     mock: Annotated[
         bool, typer.Option("--mock", help="answer every model offline with canned responses")
     ] = False,

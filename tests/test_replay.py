@@ -160,3 +160,46 @@ def test_a_chunk_stops_after_max_lines_counting_blank_ones(tmp_path: Path) -> No
 def test_a_chunk_size_below_one_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="chunk_rows"):
         replay_of(tmp_path / "spool", chunk_rows=0)
+
+
+async def test_a_writer_that_closes_replays_a_sibling_orphaned_after_it_started(
+    session_factory: Any, tmp_path: Path
+) -> None:
+    """`serve --workers N`: a worker killed while the others live leaves its segment; if no
+    replacement replays it (slow to start, or SIGTERM came first), the last worker to close does."""
+    from course_llm.recording.writer import RecordWriter
+
+    prefix = tmp_path / "spool"
+    writer = RecordWriter(session_factory, spool_path=prefix)
+    writer.submit(row(0))
+    await writer.flush()  # started, scanned (nothing orphaned yet), wrote its own row
+    killed = orphan(prefix, 30, owner="sibling")
+    writer.submit(row(100))
+    await writer.flush()
+    assert killed.exists()  # a busy writer looks again only every RESCAN_S
+    await writer.aclose()
+    assert not killed.exists() and await count_calls(session_factory) == 2 + 30
+    assert writer.rows_replayed == 30
+
+
+async def test_a_busy_writer_looks_for_new_orphans_every_rescan_interval(
+    session_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from course_llm.recording import replay
+    from course_llm.recording.writer import RecordWriter
+
+    prefix = tmp_path / "spool"
+    writer = RecordWriter(session_factory, spool_path=prefix, flush_interval_s=0.01)
+    writer.submit(row(0))
+    await writer.flush()
+    monkeypatch.setattr(replay, "RESCAN_S", 0.0)
+    killed = orphan(prefix, 5, owner="sibling")
+    for i in range(1, 200):
+        writer.submit(row(i))
+        await writer.flush()
+        if not killed.exists():
+            break
+    try:
+        assert not killed.exists() and writer.rows_replayed == 5
+    finally:
+        await writer.aclose()

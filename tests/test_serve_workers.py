@@ -145,6 +145,48 @@ async def test_a_killed_worker_is_replaced_and_sigterm_drains_every_worker_witho
     assert audit.multi_attempt > 0
     # Both workers alive at the end drained: each logged its flush at shutdown.
     assert log.count("llm_calls_flushed_at_shutdown") == 2, log[-3000:]
+    assert f"serve_worker_died              exitcode=-9 pid={first_workers[0]}" in log, log[-3000:]
+
+
+@pytest.mark.e2e
+async def test_sighup_replaces_every_worker_under_load_and_loses_no_row(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """SIGHUP: uvicorn starts a new worker, waits until it serves, then retires an old one, one by
+    one. It waits `timeout_worker_healthcheck` for each: at uvicorn's 5 s (less than LiteLLM's
+    import) every restart gave up and kept the old workers."""
+    db_url = f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}"
+    registry = write_registry(tmp_path / "models.yaml", upstream.base_url)
+    port = free_port()
+    argv = serve_argv("--registry", str(registry), "--port", str(port), "--workers", "2")
+    process = ProxyProcess(
+        argv, proxy_env(db_url, tmp_path / "journal" / "calls"), port, tmp_path / "serve.log"
+    )
+    await asyncio.to_thread(process.start)
+    assert process.process is not None
+    supervisor = process.process.pid
+    await until(lambda: len(workers_of(supervisor)) == 2, 60, "two workers")
+    old = set(workers_of(supervisor))
+    stop = asyncio.Event()
+    load = asyncio.create_task(run_load(process.base_url, stop, run="sighup"))
+    try:
+        await asyncio.sleep(1)
+        process.process.send_signal(signal.SIGHUP)
+        await until(
+            lambda: len(workers_of(supervisor)) == 2 and not old & set(workers_of(supervisor)),
+            180,
+            "both workers replaced",
+        )
+        await asyncio.sleep(1)  # the new workers take traffic
+    finally:
+        stop.set()
+        result = await load
+        process.stop()
+    log = process.log()
+    assert "not ready in time" not in log, log[-3000:]
+    audit = await wait_for_rows(db_url, result.answered, upstream_attempts(upstream, "sighup"), timeout_s=1)
+    assert audit.ok and audit.lost == 0, f"{audit.describe()}\n{log[-3000:]}"
+    assert len(result.answered) > 0
 
 
 def listening_sockets(port: int) -> int:

@@ -44,6 +44,7 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
+from uvicorn.supervisors import Multiprocess
 
 from course_llm._litellm import configure_environment
 from course_llm.proxy.serve import KEEP_ALIVE_S, ServeError, ServePlan, proxy_app
@@ -57,6 +58,8 @@ log = structlog.get_logger()
 MIGRATED_ENV = "COURSE_LLM_SERVE_DATABASE_MIGRATED"
 #: The app factory each worker imports (uvicorn's `factory=True`).
 WORKER_APP = "course_llm.proxy.workers:worker_app"
+#: Seconds a worker may take to start (or, alive, to answer the supervisor's ping).
+WORKER_START_S = 60
 #: How long the `--mock` upstream may take to start listening.
 _MOCK_START_S = 10.0
 
@@ -85,7 +88,6 @@ def run_workers(plan: ServePlan) -> None:
     """Run `plan.workers` workers on the plan's port until SIGTERM or SIGINT, then drain them all."""
     import uvicorn
     from uvicorn.config import STARTUP_FAILURE
-    from uvicorn.supervisors import Multiprocess
 
     # The workers are spawned (fresh interpreters): they inherit the environment, nothing else.
     os.environ["LITELLM_MASTER_KEY"] = plan.master_key
@@ -100,10 +102,14 @@ def run_workers(plan: ServePlan) -> None:
         log_level="warning",
         timeout_graceful_shutdown=30,
         timeout_keep_alive=KEEP_ALIVE_S,
+        # How long a new worker may take to answer the supervisor (SIGHUP waits that long for each
+        # replacement) and a live one to answer its ping. uvicorn's 5 s is less than importing
+        # LiteLLM takes here (5.5 s): every SIGHUP gave up, keeping the old workers.
+        timeout_worker_healthcheck=WORKER_START_S,
     )
     stop_mock = _start_mock(plan.mock_socket) if plan.mock_socket is not None else None
     listener = ReusePortListener(plan.host, plan.port, config.backlog)
-    supervisor = Multiprocess(config, sockets=[listener])  # type: ignore[list-item]
+    supervisor = _Supervisor(config, sockets=[listener])  # type: ignore[list-item]
     try:
         supervisor.run()
     finally:
@@ -115,6 +121,18 @@ def run_workers(plan: ServePlan) -> None:
         raise SystemExit(STARTUP_FAILURE)  # a worker could not start; uvicorn logged why
 
 
+class _Supervisor(Multiprocess):
+    """uvicorn's supervisor, saying (as a warning) when a worker died and is replaced: uvicorn
+    says it at INFO, below the level `serve` runs uvicorn at."""
+
+    def keep_subprocess_alive(self) -> None:
+        if not self.should_exit.is_set():
+            for worker in self.processes:
+                if worker.exitcode is not None:
+                    log.warning("serve_worker_died", pid=worker.pid, exitcode=worker.exitcode)
+        super().keep_subprocess_alive()
+
+
 class ReusePortListener:
     """What the supervisor hands uvicorn as "the" listening socket. It binds the address with
     SO_REUSEPORT but does not listen (a listening socket nobody accepts on would be given its
@@ -124,9 +142,9 @@ class ReusePortListener:
 
     def __init__(self, host: str, port: int, backlog: int) -> None:
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.address = (host, port)
         self.backlog = backlog
-        self._holder = _reuse_port_socket(self.family, self.address)
+        self._holder = _reuse_port_socket(self.family, (host, port))
+        self.address = (host, self._holder.getsockname()[1])  # the port the kernel gave for 0
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return _listen_reuse_port, (self.family, self.address, self.backlog)

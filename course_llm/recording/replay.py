@@ -1,11 +1,16 @@
 """Replaying the journals that no live writer holds: those of a crashed or killed process.
 
-At its start (and again while any is left), a writer takes the lock of every orphaned segment
-under its journal prefix (journal.py), writes the rows after the segment's checkpoint to the
-database, moving the checkpoint as it goes, and deletes the segment once it is all in. While the
-database is down the writer keeps the locks and goes on at the next probe; if it dies meanwhile,
-the next process starts again from the last checkpoint. Rows are idempotent on their id, so a
-replay that overlaps an earlier one writes nothing twice.
+At its start, every `RESCAN_S` while it writes rows, and once more when it closes, a writer takes
+the lock of every orphaned segment under its journal prefix (journal.py), writes the rows after
+the segment's checkpoint to the database, moving the checkpoint as it goes, and deletes the
+segment once it is all in. While the database is down the writer keeps the locks and goes on at
+the next probe; if it dies meanwhile, the next process starts again from the last checkpoint.
+Rows are idempotent on their id, so a replay that overlaps an earlier one writes nothing twice.
+
+The later scans are for processes that share the prefix (the workers of `serve --workers N`): a
+worker killed while the others live leaves a segment that its replacement replays at start, but a
+replacement can be slow to come, or never come (the supervisor stopping), and SIGTERM ends the
+others: the last one to close takes what is left.
 
 A journal can hold hundreds of thousands of rows, and the writer's loop also serves LLM calls. So
 a segment is replayed in chunks of `chunk_rows` lines: each chunk is read and decoded in a worker
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -31,6 +37,9 @@ log = structlog.get_logger()
 
 Write = Callable[[list[CallRecord]], Awaitable[bool]]
 
+#: Seconds between two looks for new orphans while a writer is busy (a look is one directory
+#: listing and a lock attempt per segment).
+RESCAN_S = 30.0
 #: Rows per replayed batch: SQLAlchemy prepares a batch on the loop (~40 µs a row), so 500 rows
 #: keep each step near 20 ms, well under the 50 ms a stall may last.
 CHUNK_ROWS = 500
@@ -50,16 +59,30 @@ class OrphanReplay:
         self._rejects = rejects
         self._loud = loud
         self._segments: list[Segment] | None = None  # None: not scanned yet
+        self._scanned_at = 0.0
+        self._scanned_at_close = False
         self.rows_replayed = 0
 
     @property
     def pending(self) -> bool:
         return bool(self._segments)
 
+    def due(self, *, closing: bool) -> bool:
+        """Whether `run` has work now: claimed segments left, or time to look for new orphans
+        (every `RESCAN_S`, and once when the writer closes)."""
+        if self._segments:
+            return True
+        if (closing and not self._scanned_at_close) or time.monotonic() - self._scanned_at >= RESCAN_S:
+            self._scanned_at_close |= closing
+            self._segments = None
+            return True
+        return False
+
     async def run(self, write: Write) -> None:
         """Write every claimed segment's rows; stop (keeping the locks) when `write` says the
         database is down."""
         if self._segments is None:
+            self._scanned_at = time.monotonic()
             try:
                 self._segments = claim_orphans(self._prefix, own=self._own)
             except OSError as exc:

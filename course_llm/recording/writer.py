@@ -266,7 +266,7 @@ class RecordWriter:
             if down and time.monotonic() - self._last_probe < self._probe_interval_s and not self._closing:
                 continue
             await self._drain()
-            if self._orphans.pending:
+            if self._orphans.due(closing=self._closing):
                 await self._orphans.run(self._sink.write)
             if self._closing and (self._sink.down_since is not None or not self._has_work()):
                 return
