@@ -26,13 +26,16 @@ from tests.test_response_cache import REDIS_URL, redis_or_skip
 from tests.test_routing_stage2 import ACTION, Rows, ScriptedUpstream, stage2_registry
 
 KEY = "course_llm:circuits"
+MARKER = "#shared"
 MODEL = "gpt"
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[redis.Redis]:
+    """Redis database 15, empty but for the hash's marker (as after the first sync of a process)."""
     client = redis_or_skip()
     client.flushdb()
+    client.hset(KEY, MARKER, "1")
     yield client
     client.flushdb()
     client.close()
@@ -140,7 +143,28 @@ async def test_the_latest_cooldown_wins_and_an_earlier_one_never_shortens_it(ser
 
 @pytest.mark.parametrize(
     "value",
-    [b"not json", b'{"until": "soon"}', b'{"until": Infinity}', b'{"until": 1e300, "status": "x"}', b"[]"],
+    [
+        b"not json",
+        b'{"until": "soon"}',
+        b'{"until": Infinity}',
+        b'{"until": 1e300, "status": "x"}',
+        b"[]",
+        b'{"until": 1, "failures": 1e400}',  # int(inf): OverflowError
+        b"[" * 100_000,  # RecursionError
+        b'{"until": 1, "status": true}',
+        json.dumps({"until": time.time() + 365 * 86400, "status": 500, "failures": 2}).encode(),
+    ],
+    ids=[
+        "text",
+        "until-text",
+        "infinity",
+        "status-text",
+        "list",
+        "huge-failures",
+        "deep",
+        "status-bool",
+        "a-year",
+    ],
 )
 async def test_a_field_that_is_not_a_circuit_is_dropped_and_opens_nothing(
     server: redis.Redis, value: bytes
@@ -151,6 +175,8 @@ async def test_a_field_that_is_not_a_circuit_is_dropped_and_opens_nothing(
         await shared.sync()
         assert breaker.allow(MODEL) and breaker.open_circuits() == []
         assert server.hget(KEY, MODEL) is None
+        await shared.sync()  # and the syncs after go on
+        assert shared.sync_failures == 0
     finally:
         await shared.aclose()
 
@@ -163,6 +189,43 @@ async def test_a_circuit_left_half_open_for_a_day_is_dropped(server: redis.Redis
         assert breaker.state(MODEL) == "closed" and server.hget(KEY, MODEL) is None
     finally:
         await shared.aclose()
+
+
+async def test_redis_back_empty_does_not_close_circuits_and_they_are_sent_again(server: redis.Redis) -> None:
+    (a, a_shared), (b, b_shared) = process(), process()
+    try:
+        open_here(a)
+        await a_shared.sync()
+        await b_shared.sync()
+        assert b.state(MODEL) == "open"
+        server.flushdb()  # Redis restarted without persistence
+        await b_shared.sync()
+        await a_shared.sync()
+        assert (a.state(MODEL), b.state(MODEL)) == ("open", "open")
+        assert server.hget(KEY, MODEL) is not None and server.hget(KEY, MARKER) is not None
+        fresh, fresh_shared = process()  # a process started after the loss learns of it too
+        await fresh_shared.sync()
+        assert fresh.state(MODEL) == "open"
+        await fresh_shared.aclose()
+    finally:
+        await a_shared.aclose()
+        await b_shared.aclose()
+
+
+async def test_a_circuit_closed_elsewhere_closes_here_only_while_the_hash_is_kept(
+    server: redis.Redis,
+) -> None:
+    (a, a_shared), (b, b_shared) = process(), process()
+    try:
+        open_here(a)
+        await a_shared.sync()
+        await b_shared.sync()
+        server.hdel(KEY, MODEL)  # what a closing process does (compare-and-delete)
+        await b_shared.sync()
+        assert b.state(MODEL) == "closed"
+    finally:
+        await a_shared.aclose()
+        await b_shared.aclose()
 
 
 async def test_with_redis_away_the_breaker_goes_on_alone_and_shares_its_opening_later(

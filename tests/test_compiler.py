@@ -185,6 +185,8 @@ def test_with_shared_redis_litellms_router_keeps_its_state_in_that_redis(small: 
     assert "redis_url" not in compile_proxy_config(small)["router_settings"]
     config = compile_proxy_config(small, shared_redis=True)
     assert config["router_settings"]["redis_url"] == "os.environ/COURSE_LLM_REDIS_URL"
+    timeouts = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+    assert config["router_settings"]["cache_kwargs"] == timeouts
     # LiteLLM's Router takes it as its DualCache's Redis (the proxy resolves the os.environ/ ref).
     from litellm import Router
 
@@ -192,6 +194,8 @@ def test_with_shared_redis_litellms_router_keeps_its_state_in_that_redis(small: 
     router = Router(model_list=config["model_list"], **settings)
     try:
         assert router.cache.redis_cache is not None
+        kwargs = router.cache.redis_cache.init_async_client().connection_pool.connection_kwargs
+        assert {key: kwargs.get(key) for key in timeouts} == timeouts
     finally:
         router.discard()
 

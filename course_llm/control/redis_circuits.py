@@ -22,7 +22,10 @@ failure re-opens it everywhere. `until` is wall-clock time: replicas on differen
 synchronised clocks (NTP), or a cooldown is longer or shorter by their skew.
 
 Redis away: each breaker goes on alone (as without Redis), changes wait in memory (the newest per
-model) and are sent when Redis answers again; a failure is logged once per outage.
+model) and are sent when Redis answers again; a failure is logged once per outage. Redis back
+empty (no persistence, as in deploy/compose.yaml): a marker field tells a lost hash from circuits
+closed elsewhere, and every process sends again what is open in it. A field that is not one this
+module writes, or that would keep a circuit open longer than the registry's cooldown, is dropped.
 """
 
 from __future__ import annotations
@@ -66,6 +69,12 @@ return 0
 #: A field nobody has changed for this long is dropped when read (a circuit left half-open by
 #: processes that all stopped). It only ever closes a circuit nobody is tracking any more.
 _STALE_S = 24 * 3600.0
+#: The field that marks the hash as kept (not a model id: those never hold a "#"). When it is
+#: missing, Redis lost the hash, and a missing circuit was not closed by anyone (`_recover`).
+_MARKER = "#shared"
+#: How far ahead of this process's cooldown a field's `until` may be (clocks of other hosts);
+#: beyond that the field is dropped: no one opens a circuit for longer than the registry says.
+_CLOCK_SKEW_S = 60.0
 #: Seconds one Redis connect or command may take.
 _TIMEOUT_S = 2.0
 
@@ -161,18 +170,19 @@ class SharedCircuits:
             if changes:  # not sent (Redis away, or cancelled): keep them, unless newer ones came
                 with self._changes_lock:
                     self._changes = changes | self._changes
-        fields = await self._redis.hgetall(self._key)
+        fields = {_text(k): _text(v) for k, v in (await self._redis.hgetall(self._key)).items()}
+        if fields.pop(_MARKER, None) is None:
+            await self._recover()
+            return
         now = time.time()
-        present = set()
-        for raw_model, raw_value in fields.items():
-            model_id, value = _text(raw_model), _text(raw_value)
-            present.add(model_id)
+        longest = breaker.config.cooldown_s + _CLOCK_SKEW_S
+        for model_id, value in fields.items():
             with self._changes_lock:
                 seen = self._seen.get(model_id)
             if seen is not None and seen[0] == value:
                 continue
             parsed = _parse(value)
-            if parsed is None or now - parsed[0] > _STALE_S:
+            if parsed is None or now - parsed[0] > _STALE_S or parsed[0] - now > longest:
                 await self._close_script(keys=[self._key], args=[model_id, value])
                 continue
             until, status, failures = parsed
@@ -180,10 +190,22 @@ class SharedCircuits:
             with self._changes_lock:
                 self._seen[model_id] = (value, reopens_at)
         with self._changes_lock:  # gone from the hash: closed elsewhere, unless changed here since
-            gone = [m for m in self._seen if m not in present and m not in self._changes]
+            gone = [m for m in self._seen if m not in fields and m not in self._changes]
             closing = [(m, self._seen.pop(m)[1]) for m in gone]
         for model_id, reopens_at in closing:
             breaker.forget(model_id, reopens_at)
+
+    async def _recover(self) -> None:
+        """The hash has no marker: it never existed, or Redis lost it (a restart without
+        persistence, a flush). Then a missing circuit was not closed by anyone: put the marker
+        back and send again every circuit still open here; the next sync goes on as usual."""
+        assert self._breaker is not None
+        await self._redis.hsetnx(self._key, _MARKER, "1")
+        with self._changes_lock:
+            known = list(self._seen.items())
+        for model_id, (value, _) in known:
+            if self._breaker.state(model_id) != "closed":
+                await self._send(model_id, "open", value)
 
     async def _send(self, model_id: str, kind: str, value: str | None) -> None:
         if kind == "open" and value is not None:
@@ -216,8 +238,9 @@ def _parse(value: str) -> tuple[float, int | None, int] | None:
         until = float(data["until"])
         status = data.get("status")
         failures = int(data.get("failures") or 0)
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError):
         return None
-    if not math.isfinite(until) or (status is not None and not isinstance(status, int)):
+    odd_status = status is not None and (isinstance(status, bool) or not isinstance(status, int))
+    if not math.isfinite(until) or odd_status:
         return None
     return until, status, failures

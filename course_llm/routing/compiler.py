@@ -50,6 +50,8 @@ MASTER_KEY_REF = "os.environ/LITELLM_MASTER_KEY"
 CONTROLS_KEY = "course_llm"
 #: Where the proxy's Redis (response cache, router state) is (settings.py `redis_url`).
 REDIS_URL_ENV = "COURSE_LLM_REDIS_URL"
+#: Seconds LiteLLM's router may wait for that Redis (a connect or a command).
+ROUTER_REDIS_TIMEOUT_S = 0.5
 
 
 def group_name(action: str, strategy: str) -> str:
@@ -214,6 +216,13 @@ def compile_proxy_config(
     )
     if shared_redis:
         router["router_settings"]["redis_url"] = f"os.environ/{REDIS_URL_ENV}"
+        # LiteLLM's router reads its Redis on the request path now and then (a batched cache
+        # read): a Redis that accepts connections but never answers held calls 5-10 s at its
+        # default timeouts, until LiteLLM's own Redis breaker opened.
+        router["router_settings"]["cache_kwargs"] = {
+            "socket_timeout": ROUTER_REDIS_TIMEOUT_S,
+            "socket_connect_timeout": ROUTER_REDIS_TIMEOUT_S,
+        }
     litellm_settings: dict[str, Any] = {
         "callbacks": [PROXY_CALLBACK],
         # Parameters a provider does not support (e.g. response_format on some models) are
