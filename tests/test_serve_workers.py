@@ -143,8 +143,10 @@ async def test_a_killed_worker_is_replaced_and_sigterm_drains_every_worker_witho
     audit = await wait_for_rows(db_url, result.answered, upstream_attempts(upstream, "workers"), timeout_s=1)
     assert audit.ok and audit.lost == 0, f"{audit.describe()}\n{log[-3000:]}"
     assert audit.multi_attempt > 0
-    # Both workers alive at the end drained: each logged its flush at shutdown.
-    assert log.count("llm_calls_flushed_at_shutdown") == 2, log[-3000:]
+    # Every worker that had started drained (the replacement may still be starting at SIGTERM on
+    # a slow machine: it has taken no connection yet), and the last to close left nothing behind.
+    assert 1 <= log.count("llm_calls_flushed_at_shutdown") <= 2, log[-3000:]
+    assert "llm_calls_left_in_journal" not in log, log[-3000:]
     assert f"serve_worker_died              exitcode=-9 pid={first_workers[0]}" in log, log[-3000:]
 
 

@@ -108,7 +108,7 @@ def run_workers(plan: ServePlan) -> None:
         timeout_worker_healthcheck=WORKER_START_S,
     )
     stop_mock = _start_mock(plan.mock_socket) if plan.mock_socket is not None else None
-    listener = ReusePortListener(plan.host, plan.port, config.backlog)
+    listener = ReusePortListener(plan.host, plan.port)
     supervisor = _Supervisor(config, sockets=[listener])  # type: ignore[list-item]
     try:
         supervisor.run()
@@ -138,22 +138,25 @@ class ReusePortListener:
     SO_REUSEPORT but does not listen (a listening socket nobody accepts on would be given its
     share of connections): it holds the port, so a taken port fails here, at once. Each worker
     unpickles it (uvicorn pickles a worker's sockets to spawn it) as a new socket of its own,
-    bound to the same address with SO_REUSEPORT and listening."""
+    bound to the same address with SO_REUSEPORT, not listening yet either: asyncio's server
+    calls `listen()` when uvicorn starts serving, after the app and LiteLLM's start-up. So a
+    worker still starting (after SIGHUP, or replacing a dead one) is given no connection, and
+    one stopped while starting leaves none unanswered."""
 
-    def __init__(self, host: str, port: int, backlog: int) -> None:
+    def __init__(self, host: str, port: int) -> None:
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.backlog = backlog
         self._holder = _reuse_port_socket(self.family, (host, port))
         self.address = (host, self._holder.getsockname()[1])  # the port the kernel gave for 0
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return _listen_reuse_port, (self.family, self.address, self.backlog)
+        return _reuse_port_socket, (self.family, self.address)
 
     def close(self) -> None:
         self._holder.close()
 
 
 def _reuse_port_socket(family: int, address: tuple[str, int]) -> socket.socket:
+    """A socket bound to `address` with SO_REUSEPORT (the holder's, and each worker's)."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -162,13 +165,6 @@ def _reuse_port_socket(family: int, address: tuple[str, int]) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise ServeError(f"cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}") from None
-    return sock
-
-
-def _listen_reuse_port(family: int, address: tuple[str, int], backlog: int) -> socket.socket:
-    """A worker's own listening socket (called when the worker unpickles its `ReusePortListener`)."""
-    sock = _reuse_port_socket(family, address)
-    sock.listen(backlog)
     return sock
 
 
