@@ -11,8 +11,8 @@ Chromium (tests/test_dashboard.py).
 
 `Nginx` writes its own config, prefix, pid file and logs into a directory, and runs in the
 foreground (`daemon off`, `master_process on`) as a child process on a free port. The upstream
-keeps connections alive (shorter than uvicorn's 5 s idle timeout, so nginx never reuses one the
-replica is closing); responses are not buffered (streams pass through as they come); a request
+keeps connections alive (3 s, shorter than `serve`'s 65 s keep-alive, so nginx never reuses one
+the replica is closing); responses are not buffered (streams pass through as they come); a request
 moves to the next replica only when connecting failed (`proxy_next_upstream error`, and nginx
 never resends a POST it already sent), so an answer is never produced twice. The access log names
 the replica that served each request (`served_by()`).

@@ -251,6 +251,32 @@ async def test_workers_of_a_killed_supervisor_drain_and_free_the_port(
     again.stop()
 
 
+@pytest.mark.e2e
+async def test_workers_whose_supervisor_died_while_they_started_stop_too(tmp_path: Path) -> None:
+    """Killed while its workers still import LiteLLM: their parent is init's by the time they
+    could ask; they must know their supervisor from the spawn, not from a late `getppid()`."""
+    from tests.test_quiet_logs_e2e import mock_env
+
+    argv = serve_argv("--mock", "--port", str(free_port()), "--workers", "2")
+    with (tmp_path / "serve.log").open("ab") as log:
+        supervisor = subprocess.Popen(
+            argv, env={**os.environ, **mock_env(tmp_path)}, stdout=log, stderr=subprocess.STDOUT
+        )
+    workers: list[int] = []
+    try:
+        await until(lambda: len(workers_of(supervisor.pid)) == 2, 60, "two workers spawned")
+        workers = workers_of(supervisor.pid)
+        supervisor.kill()  # before they have built their app (LiteLLM's import takes seconds)
+        supervisor.wait()
+        await until(lambda: not any(running(pid) for pid in workers), 90, "the orphaned workers to stop")
+    finally:
+        supervisor.kill()
+        for pid in workers:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    assert "serve_supervisor_gone" in (tmp_path / "serve.log").read_text()
+
+
 def test_workers_out_of_range_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COURSE_LLM_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}")

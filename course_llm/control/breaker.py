@@ -234,12 +234,14 @@ class CircuitBreaker:
         )
 
     def _open(self, circuit: _Circuit, now: float, cooldown_s: float | None = None) -> Literal[True]:
+        """Open (or re-open) `circuit`; `cooldown_s` is given for an opening adopted from another
+        process, which `opened_total` does not count (summed over processes, it counts each once)."""
         if circuit.opened_at is None:
             circuit.skipped = 0
         circuit.opened_at = now
         circuit.reopens_at = now + (self.config.cooldown_s if cooldown_s is None else cooldown_s)
         circuit.trial_started = None
-        self.opened_total += 1
+        self.opened_total += cooldown_s is None
         return True
 
     # -- what other processes decided (control/redis_circuits.py) -------------------------------
@@ -253,8 +255,8 @@ class CircuitBreaker:
             if circuit is None:
                 circuit = self._circuits[model_id] = _Circuit()
             now = self._now()
-            until = now + reopens_in_s
-            if circuit.opened_at is None or until > circuit.reopens_at:
+            reopens_in_s = min(reopens_in_s, self.config.cooldown_s)  # never longer than ours
+            if circuit.opened_at is None or now + reopens_in_s > circuit.reopens_at:
                 self._open(circuit, now, cooldown_s=reopens_in_s)
                 circuit.failures = max(circuit.failures, failures)
                 circuit.last_status_code = status_code

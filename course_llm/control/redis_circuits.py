@@ -36,6 +36,7 @@ import json
 import math
 import threading
 import time
+import uuid
 from typing import Any
 
 import structlog
@@ -69,8 +70,9 @@ return 0
 #: A field nobody has changed for this long is dropped when read (a circuit left half-open by
 #: processes that all stopped). It only ever closes a circuit nobody is tracking any more.
 _STALE_S = 24 * 3600.0
-#: The field that marks the hash as kept (not a model id: those never hold a "#"). When it is
-#: missing, Redis lost the hash, and a missing circuit was not closed by anyone (`_recover`).
+#: The field that marks the hash as kept (not a model id: those never hold a "#"), a random value
+#: per hash: when it is missing or new, Redis lost the hash, and a missing circuit was not closed
+#: by anyone (`_recover`).
 _MARKER = "#shared"
 #: How far ahead of this process's cooldown a field's `until` may be (clocks of other hosts);
 #: beyond that the field is dropped: no one opens a circuit for longer than the registry says.
@@ -108,6 +110,7 @@ class SharedCircuits:
         # model id → (the field's value as last seen or written, the circuit's reopens_at here).
         self._seen: dict[str, tuple[str, float]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._epoch: str | None = None  # the hash's marker as this process last saw it
         self._failing = False
         #: Syncs that failed (Redis away).
         self.sync_failures = 0
@@ -171,8 +174,9 @@ class SharedCircuits:
                 with self._changes_lock:
                     self._changes = changes | self._changes
         fields = {_text(k): _text(v) for k, v in (await self._redis.hgetall(self._key)).items()}
-        if fields.pop(_MARKER, None) is None:
-            await self._recover()
+        epoch = fields.pop(_MARKER, None)
+        if epoch is None or epoch != self._epoch:
+            await self._recover(epoch)
             return
         now = time.time()
         longest = breaker.config.cooldown_s + _CLOCK_SKEW_S
@@ -195,17 +199,22 @@ class SharedCircuits:
         for model_id, reopens_at in closing:
             breaker.forget(model_id, reopens_at)
 
-    async def _recover(self) -> None:
-        """The hash has no marker: it never existed, or Redis lost it (a restart without
-        persistence, a flush). Then a missing circuit was not closed by anyone: put the marker
-        back and send again every circuit still open here; the next sync goes on as usual."""
+    async def _recover(self, epoch: str | None) -> None:
+        """The hash's marker is not the one this process last saw: the hash is new to this process
+        (its first sync), or Redis lost it (a restart without persistence, a flush) and someone
+        put a new marker. Either way a missing field was not closed by anyone: take the marker
+        (a new one if there is none), send again every circuit still open here, close nothing;
+        the next sync goes on as usual. Every process does this once per marker."""
         assert self._breaker is not None
-        await self._redis.hsetnx(self._key, _MARKER, "1")
+        if epoch is None:
+            await self._redis.hsetnx(self._key, _MARKER, uuid.uuid4().hex)
+            epoch = _text(await self._redis.hget(self._key, _MARKER) or b"")
         with self._changes_lock:
             known = list(self._seen.items())
         for model_id, (value, _) in known:
             if self._breaker.state(model_id) != "closed":
                 await self._send(model_id, "open", value)
+        self._epoch = epoch
 
     async def _send(self, model_id: str, kind: str, value: str | None) -> None:
         if kind == "open" and value is not None:
@@ -213,9 +222,12 @@ class SharedCircuits:
             await self._open_script(keys=[self._key], args=[model_id, value, repr(until)])
             return
         with self._changes_lock:
-            seen = self._seen.pop(model_id, None)
+            seen = self._seen.get(model_id)
         if seen is not None:
             await self._close_script(keys=[self._key], args=[model_id, seen[0]])
+            with self._changes_lock:  # forgotten once sent (a failed send is tried again)
+                if self._seen.get(model_id) == seen:
+                    del self._seen[model_id]
 
     async def aclose(self) -> None:
         if self._task is not None:

@@ -208,9 +208,10 @@ def compile_proxy_config(
 ) -> dict[str, Any]:
     """The LiteLLM proxy config: router config plus the course_llm logger and the master key.
 
-    `shared_redis` (serve, with COURSE_LLM_REDIS_URL set): LiteLLM's router keeps its state
-    (its DualCache: usage counters, cooldowns, scheduler) in that Redis too, so the router of every
-    worker and replica sees the same figures, as LiteLLM's multi-instance set-up asks."""
+    `shared_redis` (serve, with COURSE_LLM_REDIS_URL set): LiteLLM's router keeps its DualCache in
+    that Redis too, as LiteLLM's multi-instance set-up asks. With the settings compiled here
+    (cooldowns off, the default shuffle) it holds little; a router setting that counts across
+    instances (rpm/tpm, usage-based routing) is then shared by every worker and replica."""
     router = compile_router_config(
         registry, max_attempts=max_attempts, fallback_strategy=fallback_strategy, timeout_s=timeout_s
     )
