@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import faulthandler
 import ipaddress
 import os
 import shutil
@@ -206,6 +207,9 @@ def build_app(plan: ServePlan) -> Any:
 def proxy_app(migrated_url: str | None) -> Any:
     """LiteLLM's app (its key and config file from the environment) with course_llm's routes;
     `migrated_url` names the database already at the latest schema (the row writer skips it)."""
+    # A crash in native code (a segfault was seen once in CI under a database outage) then
+    # prints every thread's Python stack to stderr, the serve log, instead of nothing.
+    faulthandler.enable()
     from litellm.proxy.proxy_server import app
 
     from course_llm.proxy.recorder import database_upgraded
