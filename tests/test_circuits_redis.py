@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis
@@ -21,7 +21,14 @@ from course_llm.control.redis_circuits import SharedCircuits
 from course_llm.control.sections import CircuitBreakerConfig
 from course_llm.routing.facade import ModelRouter
 from course_llm.routing.registry import parse_registry
-from tests.test_breaker_routing import FAILED, OPEN, chain_of, with_breaker
+from tests.test_breaker_routing import (  # noqa: F401 (up and upstream are fixtures)
+    FAILED,
+    OPEN,
+    chain_of,
+    up,
+    upstream,
+    with_breaker,
+)
 from tests.test_response_cache import REDIS_URL, redis_or_skip
 from tests.test_routing_stage2 import ACTION, Rows, ScriptedUpstream, stage2_registry
 
@@ -39,19 +46,6 @@ async def server() -> AsyncIterator[redis.Redis]:
     yield client
     client.flushdb()
     client.close()
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[ScriptedUpstream]:
-    with ScriptedUpstream() as scripted:
-        yield scripted
-
-
-@pytest.fixture
-def up(upstream: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch) -> ScriptedUpstream:
-    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "fake-key")
-    upstream.reset()
-    return upstream
 
 
 async def process(cooldown_s: float = 30.0) -> tuple[CircuitBreaker, SharedCircuits]:
@@ -310,7 +304,8 @@ async def test_with_redis_away_the_breaker_goes_on_alone_and_shares_its_opening_
 
 
 async def test_two_routers_on_one_redis_share_an_open_circuit(
-    server: redis.Redis, up: ScriptedUpstream
+    server: redis.Redis,
+    up: ScriptedUpstream,  # noqa: F811
 ) -> None:
     up.script("m-first", FAILED)
     registry = parse_registry(with_breaker(stage2_registry(up.base_url)))
