@@ -7,8 +7,8 @@ Prints three figures, each against a baseline measured in the same run:
    and appending it to the journal (the writer's submit); baseline: an empty hook call. The
    cleaning and the journal write are also timed alone.
 2. writer throughput (rows/s) into SQLite and PostgreSQL, from submit() to flushed; on PostgreSQL
-   also the db layer alone (insert_records of ready rows, batches of 5,000), the old path (row
-   INSERTs) against the new (binary COPY through a staging table) in the same run; and the CPU
+   also the db layer alone (ready rows, batches of 5,000), the old path (row INSERTs) against
+   the writer's (`BatchWriter`: binary COPY through a staging table) in the same run; and the CPU
    one small batch (4 rows: a quiet proxy's quarter second of traffic) costs the process, a session per
    batch (`insert_records`) against the writer's held connection (`BatchWriter`).
 3. facade latency with logging on versus off against a local fake upstream (p50 ratio).
@@ -43,6 +43,7 @@ from course_llm.db import (
     dispose_session_factory,
     upgrade_database,
 )
+from course_llm.db.copy import UNNEST_MAX_ROWS
 from course_llm.db.writes import insert_records, insert_rows
 from course_llm.recording.callback import CallLogger
 from course_llm.recording.clean import clean_record
@@ -186,16 +187,23 @@ def rows(n: int) -> list[CallRecord]:
     ]
 
 
-async def db_layer_rate(url: str, n: int, write: Callable[..., Awaitable[int]], batch: int = 5000) -> float:
-    """Rows/s of `write` (insert_records or the old insert_rows) given ready rows, one batch at a time."""
+async def db_layer_rate(url: str, n: int, held: bool, batch: int = 5000) -> float:
+    """Rows/s of writing ready rows, one batch at a time: the writer's held connection
+    (`BatchWriter`: binary COPY through the staging table) or the old row INSERTs."""
     await asyncio.to_thread(upgrade_database, url)
     factory = create_session_factory(url)
+    writer = BatchWriter(factory)
     records = rows(n)
-    await write(factory, rows(10))  # warm-up: connection, prepared statements, staging table
+
+    async def write(chunk: list[CallRecord]) -> int:
+        return await (writer.write(chunk) if held else insert_rows(factory, chunk))
+
+    await write(rows(UNNEST_MAX_ROWS + 1))  # warm-up: connection, prepared statements, staging table
     start = time.perf_counter()
     for i in range(0, n, batch):
-        await write(factory, records[i : i + batch])
+        await write(records[i : i + batch])
     elapsed = time.perf_counter() - start
+    await writer.release()
     await dispose_session_factory(factory)
     return n / elapsed
 
@@ -277,8 +285,8 @@ async def bench_writer(n: int) -> None:
         # A fresh database per measurement, so each path writes into an equally empty table.
         figures: dict[str, float] = {}
         for label, measure in [
-            ("old", lambda url: db_layer_rate(url, n, insert_rows)),
-            ("new", lambda url: db_layer_rate(url, n, insert_records)),
+            ("old", lambda url: db_layer_rate(url, n, held=False)),
+            ("new", lambda url: db_layer_rate(url, n, held=True)),
             ("writer", lambda url: throughput(url, n)),
             ("replay", lambda url: replay_rate(url, n)),
             ("session4", lambda url: small_batch_cpu(url, held=False)),

@@ -24,6 +24,7 @@ from course_llm.db import (
     dispose_session_factory,
     fetch_request,
 )
+from course_llm.db.copy import UNNEST_MAX_ROWS, staged_rows, write_rows
 from course_llm.db.errors import is_transient_db_error
 from course_llm.db.writes import insert_records, insert_rows
 from course_llm.recording.records import CallRecord, new_id
@@ -195,6 +196,40 @@ async def test_a_postgresql_write_goes_through_the_staging_table(postgres_databa
     finally:
         await dispose_session_factory(factory)
     assert staging is not None
+
+
+@pytest.mark.postgres
+async def test_write_rows_inside_a_callers_transaction_counts_only_each_calls_new_rows(
+    postgres_database_url: str,
+) -> None:
+    # write_rows relies on its commit to empty the staging table; inside a caller's transaction
+    # (a savepoint) an earlier call's rows are still staged and must not be counted again.
+    first = staged_rows([record(attempt=n) for n in range(1, UNNEST_MAX_ROWS + 2)])
+    second = staged_rows([record(attempt=n) for n in range(1, UNNEST_MAX_ROWS + 4)])
+    connection = await asyncpg.connect(
+        postgres_database_url.replace("postgresql+asyncpg://", "postgresql://")
+    )
+    try:
+        transaction = connection.transaction()
+        await transaction.start()
+        try:
+            assert await write_rows(connection, first) == len(first)
+            assert await write_rows(connection, second) == len(second)
+            assert await write_rows(connection, first) == 0
+            stored = await connection.fetchval(
+                "SELECT count(*) FROM llm_calls WHERE request_id = 'req-copy' AND id = ANY($1::uuid[])",
+                [row[0] for row in first + second],
+            )
+        finally:
+            await transaction.rollback()
+        # Outside any transaction the commit empties the staging table after each batch.
+        assert await write_rows(connection, first) == len(first)
+        staged = await connection.fetchval("SELECT count(*) FROM course_llm_calls_staging")
+        await connection.execute("DELETE FROM llm_calls WHERE id = ANY($1::uuid[])", [r[0] for r in first])
+    finally:
+        await connection.close()
+    assert stored == len(first) + len(second)
+    assert staged == 0
 
 
 def _terminate_when_copying(url: str, backend: int, stop: threading.Event) -> int | None:
