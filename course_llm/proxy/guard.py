@@ -334,11 +334,9 @@ def _unknown(names: list[str], endpoint: str, allowed: Collection[str]) -> Refus
     shown = ", ".join(_name(name) for name in names[:_NAMES_SHOWN])
     more = f" and {len(names) - _NAMES_SHOWN} more" if len(names) > _NAMES_SHOWN else ""
     noun = "parameter" if len(names) == 1 else "parameters"
-    return Refusal(
-        400,
-        f"{noun} not allowed in a {endpoint} request: {shown}{more}; allowed: {', '.join(sorted(allowed))}",
-        str(names[0])[:64],
-    )
+    listed = ", ".join(sorted(allowed))
+    message = f"{noun} not allowed in a {endpoint} request: {shown}{more}; allowed: {listed}"
+    return Refusal(400, message, str(names[0])[:64])
 
 
 def request_refusal(

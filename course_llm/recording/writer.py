@@ -391,15 +391,6 @@ class RecordWriter:
         return self._rows_lost + self._rejects.lost
 
     def stats(self) -> dict[str, Any]:
-        return {
-            "pending": self.pending,
-            "rows_written": self.rows_written,
-            "rows_spooled": self.rows_spooled,
-            "rows_replayed": self.rows_replayed,
-            "rows_rejected": self.rows_rejected,
-            "rows_lost": self.rows_lost,
-            "write_failures": self.write_failures,
-            "journal_failures": self.journal_failures,
-            "database_available": self.database_available,
-            "degraded": self.degraded,
-        }
+        names = """pending rows_written rows_spooled rows_replayed rows_rejected rows_lost write_failures
+        journal_failures database_available degraded""".split()  # noqa: SIM905 (a word list reads better)
+        return {name: getattr(self, name) for name in names}
