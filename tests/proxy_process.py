@@ -76,3 +76,16 @@ def serve_argv(*args: str) -> list[str]:
 
 def litellm_argv(config: Path, port: int) -> list[str]:
     return [str(BIN / "litellm"), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+
+
+def compiled_config(registry: Path, output: Path, env: dict[str, str] | None = None) -> Path:
+    """`course-llm compile` of `registry` into `output` (with `env` added to the environment)."""
+    compiled = subprocess.run(
+        [serve_argv()[0], "compile", "--registry", str(registry), "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+    assert compiled.returncode == 0, compiled.stderr
+    return output

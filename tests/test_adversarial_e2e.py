@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
@@ -30,7 +29,7 @@ import sqlalchemy as sa
 
 from course_llm.db import LLMCall, create_session_factory, dispose_session_factory
 from tests.fake_upstream import FakeUpstream
-from tests.proxy_process import ProxyProcess, free_port, litellm_argv, serve_argv
+from tests.proxy_process import ProxyProcess, compiled_config, free_port, litellm_argv
 from tests.test_proxy_e2e import (  # noqa: F401 (db_url, proxy and upstream are fixtures)
     KEY,
     REQUEST_ID,
@@ -393,14 +392,7 @@ async def test_plain_litellm_refuses_the_same_requests_and_leaves_no_row(
 ) -> None:
     cases = {case.name: case for case in CASES}
     registry = e2e_registry(upstream, tmp_path / "models.yaml")
-    config = tmp_path / "proxy_config.yaml"
-    compiled = subprocess.run(
-        [serve_argv()[0], "compile", "--registry", str(registry), "--output", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert compiled.returncode == 0, compiled.stderr
+    config = compiled_config(registry, tmp_path / "proxy_config.yaml")
     db = f"sqlite+aiosqlite:///{tmp_path / 'plain.db'}"
     port = free_port()
     process = ProxyProcess(litellm_argv(config, port), proxy_env(db, tmp_path), port, tmp_path / "log")

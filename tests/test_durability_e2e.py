@@ -38,7 +38,7 @@ from tests.load import (
     wait_for_rows,
     write_registry,
 )
-from tests.proxy_process import ProxyProcess, free_port, litellm_argv, serve_argv
+from tests.proxy_process import ProxyProcess, compiled_config, free_port, litellm_argv
 from tests.tcp_proxy import TcpProxy
 from tests.test_metrics import sample
 
@@ -213,17 +213,6 @@ async def test_a_15_s_postgres_outage_under_load_answers_every_call_and_loses_no
 
 # ---------------------------------------------------------------------------------------------
 # Plain `litellm --config` with a database URL that cannot work
-
-
-def compiled_config(registry: Path, output: Path) -> Path:
-    compiled = subprocess.run(
-        [serve_argv()[0], "compile", "--registry", str(registry), "--output", str(output)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert compiled.returncode == 0, compiled.stderr
-    return output
 
 
 def litellm_process(config: Path, db_url: str, journal: Path, log: Path) -> ProxyProcess:

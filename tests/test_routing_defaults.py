@@ -15,8 +15,6 @@ default is `[deepseek-chat, gemini-2.5-flash]`, quality `[claude-sonnet, gemini-
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ from course_llm.routing.facade import ModelRouter
 from course_llm.routing.registry import Registry, parse_registry
 from tests.fake_upstream import FakeUpstream
 from tests.providers import ProviderMock
-from tests.proxy_process import ProxyProcess, free_port, litellm_argv, serve_argv
+from tests.proxy_process import ProxyProcess, compiled_config, free_port, litellm_argv, serve_argv
 from tests.test_proxy_e2e import ask, chain, e2e_registry, proxy_env, rows_of
 
 ACTION = "text_processing"
@@ -283,15 +281,9 @@ async def test_plain_litellm_with_a_compiled_fallback_strategy_honours_it_for_th
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     registry = proxy_registry(upstream, tmp_path / "models.yaml")
-    config = tmp_path / "proxy_config.yaml"
-    compiled = subprocess.run(
-        [serve_argv()[0], "compile", "--registry", str(registry), "--output", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "COURSE_LLM_FALLBACK_STRATEGY": FALLBACK},
+    config = compiled_config(
+        registry, tmp_path / "proxy_config.yaml", {"COURSE_LLM_FALLBACK_STRATEGY": FALLBACK}
     )
-    assert compiled.returncode == 0, compiled.stderr
     fallbacks = yaml.safe_load(config.read_text())["router_settings"]["fallbacks"]
     assert {f"{ACTION}/default": [f"{ACTION}/{FALLBACK}"]} in fallbacks  # not under the bare name
     db_url = f"sqlite+aiosqlite:///{tmp_path / 'plain.db'}"

@@ -19,6 +19,7 @@ from course_llm._litellm.core import (
     configure_environment,
     flush_logging_worker,
     load_litellm,
+    passthrough_prefixes,
     pricing_parameters,
     remove_callback,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "load_litellm",
     "max_retry_wait_s",
     "otel_logger_importable",
+    "passthrough_prefixes",
     "pricing_parameters",
     "remove_callback",
     "retry_after_s",

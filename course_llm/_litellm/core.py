@@ -58,6 +58,29 @@ def pricing_parameters() -> frozenset[str]:
     return frozenset(CustomPricingLiteLLMParams.model_fields)
 
 
+#: The LiteLLM proxy feature whose routes forward a request to a provider as it is (litellm
+#: 1.106.2: `litellm/proxy/_lazy_features.py`, mounted on the first request under a prefix).
+PASSTHROUGH_FEATURE = "llm_passthrough"
+#: Prefixes refused even if LiteLLM stops listing them there (the ones of 1.106.2 for the
+#: providers a registry names most).
+PASSTHROUGH_PREFIXES = tuple(
+    """/openai/ /openai_passthrough/ /anthropic/ /gemini/ /vertex_ai/ /vertex-ai/ /bedrock/ /azure/
+    /azure_ai/ /mistral/ /cohere/""".split()  # noqa: SIM905 (a word list reads better)
+)
+
+
+@functools.cache
+def passthrough_prefixes() -> tuple[str, ...]:
+    """The path prefixes of LiteLLM's provider pass-through routes, which send a client's request
+    to the provider with the proxy's own credentials, past the Router and its hooks."""
+    configure_environment()
+    from litellm.proxy import _lazy_features
+
+    features = getattr(_lazy_features, "LAZY_FEATURES", ())
+    listed = [f.path_prefixes for f in features if getattr(f, "name", None) == PASSTHROUGH_FEATURE]
+    return tuple(sorted({*PASSTHROUGH_PREFIXES, *(prefix for group in listed for prefix in group)}))
+
+
 #: LiteLLM hands a finished call's success log to its worker from a task of this name, created
 #: with asyncio.create_task when the call returns; until it has run, the worker's queue is empty.
 _ENQUEUE_TASK = "_client_async_logging_helper"

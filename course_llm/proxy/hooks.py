@@ -45,6 +45,7 @@ from course_llm.proxy.guard import (
 from course_llm.proxy.proxy_log import CURRENT_REQUEST, log_all_failed
 from course_llm.proxy.recorder import MAX_TRACKED, ProxyRecorder
 from course_llm.proxy.streams import StreamAttempts, StreamWatch, recorded_stream
+from course_llm.proxy.unserved import PASSTHROUGH_CALL_TYPE, passthrough_refusal
 from course_llm.recording.callback import (
     REQUEST_ID_KEY,
     TAGS_KEY,
@@ -109,6 +110,8 @@ class ProxyLogger(ProxyRecorder):
     async def async_pre_call_hook(
         self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
     ) -> Any:
+        if call_type == PASSTHROUGH_CALL_TYPE:  # past the registry: refused (course_llm/proxy/unserved.py)
+            raise HTTPException(status_code=404, detail={"error": passthrough_refusal().message})
         if not isinstance(data, dict) or "model" not in data:
             return data
         if not BODY_CHECKED.get():  # `course-llm serve` checked it before LiteLLM read it

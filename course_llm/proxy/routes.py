@@ -40,6 +40,7 @@ from course_llm.proxy.guard import (
 )
 from course_llm.proxy.hooks import proxy_logger, router_groups
 from course_llm.proxy.proxy_log import quiet_model_list
+from course_llm.proxy.unserved import unserved_refusal
 
 log = structlog.get_logger()
 
@@ -204,6 +205,13 @@ def _replay(raw: bytes, receive: Receive) -> Receive:
     return replay
 
 
+def _route_path(scope: Message) -> str:
+    """The request's path within the app (any `root_path` it is mounted under taken off)."""
+    path = str(scope["path"])
+    root = scope.get("root_path") or ""
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 def _refused(refusal: Refusal, path: str) -> Refusal:
     # ascii(): a client's path or parameter name may hold newlines or control characters.
     log.info(
@@ -234,6 +242,10 @@ class _RequestGuard:
 
         checked = None
         try:
+            unserved = unserved_refusal(_route_path(scope))
+            if unserved is not None:
+                await _answer(_refused(unserved, _route_path(scope)), tracked)
+                return
             if scope["method"] in _BODY_METHODS:
                 admitted = await self._admit(scope, receive, tracked)
                 if admitted is None:
@@ -255,10 +267,7 @@ class _RequestGuard:
     async def _admit(self, scope: Message, receive: Receive, send: Send) -> tuple[Receive, bool] | None:
         """None once the request has been answered (refused); else `receive` for LiteLLM, and
         whether the whole body was checked against the allow-list."""
-        path = str(scope["path"])
-        root = scope.get("root_path") or ""
-        if root and path.startswith(root):
-            path = path[len(root) :]
+        path = _route_path(scope)
         endpoint = endpoint_of(path) if scope["method"] == "POST" else None
         if endpoint is not None:
             try:
