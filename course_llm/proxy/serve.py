@@ -29,6 +29,7 @@ import asyncio
 import atexit
 import contextlib
 import faulthandler
+import fcntl
 import ipaddress
 import os
 import shutil
@@ -105,6 +106,35 @@ def _check_port(host: str, port: int) -> None:
             raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
+#: Port -> the descriptor of the lock file this process holds for it. Never closed: the kernel
+#: drops the lock when the process ends, however it ends (kill -9 included).
+_PORT_LOCKS: dict[int, int] = {}
+
+
+def _lock_port(port: int) -> None:
+    """Hold a lock on `port` for this process's life.
+
+    Two `serve` started within moments on one port would both pass `_check_port` (neither listens
+    yet) and, with `--workers` (one SO_REUSEPORT socket per worker), both listen: the kernel would
+    split the clients between two proxies. The lock file is per machine and per port, whatever
+    the host address; a file that cannot be opened (a read-only temporary directory) skips it.
+    """
+    if port in _PORT_LOCKS:
+        return
+    path = Path(tempfile.gettempdir()) / f"course-llm-serve-{port}.lock"
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)  # flock needs no write access
+    except OSError as exc:
+        log.warning("serve_port_lock_skipped", path=str(path), error=exc.strerror or str(exc))
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        raise ServeError(f"another course-llm serve is starting or running on port {port} ({path})") from None
+    _PORT_LOCKS[port] = descriptor
+
+
 #: The key of `serve --mock` (and so `make run`) when LITELLM_MASTER_KEY is not set. It is public
 #: on purpose: the mock answers offline, and only on a loopback address.
 DEV_KEY = "sk-course-llm-dev"
@@ -162,6 +192,7 @@ def prepare(
     registry = load_registry(path)
     key, dev_key = _master_key(settings, host, mock)
     _check_port(host, port)
+    _lock_port(port)
     migrated = _upgrade_database(settings.database_url)
     config = compile_proxy_config(
         registry,
