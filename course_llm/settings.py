@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     master_key: SecretStr | None = Field(
         None, validation_alias="LITELLM_MASTER_KEY", description="the proxy's key (LITELLM_MASTER_KEY)"
     )
+    db_pool_size: int = Field(
+        5, ge=1, le=1000, description="PostgreSQL connections each process keeps open (SQLAlchemy's pool)"
+    )
+    db_max_overflow: int = Field(
+        10, ge=0, le=1000, description="PostgreSQL connections a process may open beyond db_pool_size"
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -110,10 +116,26 @@ class Settings(BaseSettings):
         return normalize_database_url(value)
 
     @model_validator(mode="after")
+    def _pool_room(self) -> Self:
+        if self.db_pool_size + self.db_max_overflow < 2:
+            raise ValueError(
+                "db_pool_size + db_max_overflow must be at least 2: the row writer keeps one "
+                "connection, and the usage API and budgets need another"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _journal_location(self) -> Self:
         if self.spool_path is None:
             self.spool_path = default_journal_path(self.database_url)
         return self
+
+    def pool_options(self) -> dict[str, int]:
+        """The engine options of this process's PostgreSQL pool (none for SQLite, whose pool is
+        SQLAlchemy's choice): with `--workers` and replicas, each process holds one such pool."""
+        if not self.database_url.startswith("postgresql"):
+            return {}
+        return {"pool_size": self.db_pool_size, "max_overflow": self.db_max_overflow}
 
     @property
     def journal_path(self) -> Path:

@@ -72,7 +72,9 @@ class ProxyRecorder(CallLogger):
         if self._session_factory is None:
             from course_llm.db import create_session_factory
 
-            self._session_factory = create_session_factory(self.settings.database_url)
+            self._session_factory = create_session_factory(
+                self.settings.database_url, **self.settings.pool_options()
+            )
         return self._session_factory
 
     @property

@@ -104,7 +104,7 @@ async def complete(
             raise
         # The database is away: answer anyway; the rows wait in the spool.
         log.error("database_unavailable", error=str(exc).splitlines()[0] if str(exc) else repr(exc))
-    session_factory = create_session_factory(settings.database_url)
+    session_factory = create_session_factory(settings.database_url, **settings.pool_options())
     try:
         async with create_model_router(settings, session_factory) as router:
             return await router.complete(action, prompt, strategy=strategy, **params)
