@@ -203,7 +203,8 @@ async def test_write_rows_inside_a_callers_transaction_counts_only_each_calls_ne
     postgres_database_url: str,
 ) -> None:
     # write_rows relies on its commit to empty the staging table; inside a caller's transaction
-    # (a savepoint) an earlier call's rows are still staged and must not be counted again.
+    # (a savepoint) an earlier call's rows must not be written or counted again, even when the
+    # caller deleted them meanwhile.
     first = staged_rows([record(attempt=n) for n in range(1, UNNEST_MAX_ROWS + 2)])
     second = staged_rows([record(attempt=n) for n in range(1, UNNEST_MAX_ROWS + 4)])
     connection = await asyncpg.connect(
@@ -214,8 +215,11 @@ async def test_write_rows_inside_a_callers_transaction_counts_only_each_calls_ne
         await transaction.start()
         try:
             assert await write_rows(connection, first) == len(first)
+            await connection.execute(
+                "DELETE FROM llm_calls WHERE id = ANY($1::uuid[])", [r[0] for r in first]
+            )
             assert await write_rows(connection, second) == len(second)
-            assert await write_rows(connection, first) == 0
+            assert await write_rows(connection, second) == 0
             stored = await connection.fetchval(
                 "SELECT count(*) FROM llm_calls WHERE request_id = 'req-copy' AND id = ANY($1::uuid[])",
                 [row[0] for row in first + second],
@@ -228,7 +232,7 @@ async def test_write_rows_inside_a_callers_transaction_counts_only_each_calls_ne
         await connection.execute("DELETE FROM llm_calls WHERE id = ANY($1::uuid[])", [r[0] for r in first])
     finally:
         await connection.close()
-    assert stored == len(first) + len(second)
+    assert stored == len(second)  # the deleted rows stayed deleted
     assert staged == 0
 
 

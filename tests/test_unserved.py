@@ -38,8 +38,20 @@ SERVED = [
     "/dashboard",
     "/v1/filesystem",  # a segment that only starts like one refused
     "/filesx",
+    "/openai/deployments/files/chat/completions",  # an action named like an API
+    "/v1/models/threads",
     "/",
     "*",
+]
+#: LiteLLM routes only POSTs to these under /openai/deployments/; anything else there is its
+#: pass-through.
+DEPLOYMENT_PASSTHROUGH = [
+    ("POST", "/openai/deployments/x/foo"),
+    ("POST", "/openai/deployments/text_processing/audio/speech"),
+    ("GET", "/openai/deployments/text_processing/chat/completions"),
+    ("PUT", "/openai/deployments/text_processing/embeddings"),
+    ("POST", "/openai/v1/realtime"),  # the REST side (sessions): a pass-through
+    (None, "/openai/v1/realtime/x"),
 ]
 
 
@@ -54,7 +66,17 @@ def test_a_provider_pass_through_route_is_a_404_that_says_why(path: str) -> None
 
 
 @pytest.mark.parametrize("api", sorted(UNSERVED_APIS))
-@pytest.mark.parametrize("template", ["/v1/{api}", "/{api}", "/v1/{api}/abc/runs", "/{api}/abc"])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "/v1/{api}",
+        "/{api}",
+        "/v1/{api}/abc/runs",
+        "/{api}/abc",
+        "/deepseek/v1/{api}/x",
+        "/v1/v1/{api}",
+    ],
+)
 def test_an_api_the_registry_cannot_serve_is_a_404_naming_it(api: str, template: str) -> None:
     path = template.format(api=api)
 
@@ -68,6 +90,17 @@ def test_an_api_the_registry_cannot_serve_is_a_404_naming_it(api: str, template:
 @pytest.mark.parametrize("path", SERVED)
 def test_the_routes_course_llm_serves_are_left_alone(path: str) -> None:
     assert unserved_refusal(path) is None
+
+
+@pytest.mark.parametrize(("method", "path"), DEPLOYMENT_PASSTHROUGH)
+def test_only_litellms_routed_posts_under_openai_deployments_pass(method: str | None, path: str) -> None:
+    refusal = unserved_refusal(path, method)
+
+    assert refusal is not None and "pass-through" in refusal.message
+
+
+def test_the_realtime_websocket_under_openai_is_routed_not_passed_through() -> None:
+    assert unserved_refusal("/openai/v1/realtime", None) is None
 
 
 def test_a_hostile_path_is_shown_escaped_and_short() -> None:

@@ -10,6 +10,9 @@ endpoints beside them still work and record.
 
 from __future__ import annotations
 
+import base64
+import http.client
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +42,10 @@ UNSERVED = [
     ("POST", "/v1/batches", "Batch API"),
     ("GET", "/v1/fine_tuning/jobs", "fine-tuning API"),
     ("DELETE", "/v1/files/file_1", "Files API"),
+    ("POST", "/deepseek/v1/files", "Files API"),  # LiteLLM serves /{provider}/v1/files too
+    ("GET", "/gemini/v1/batches", "pass-through"),
+    ("POST", "/openai/deployments/text_processing/audio/speech", "pass-through"),
+    ("GET", "/openai/deployments/text_processing/chat/completions", "pass-through"),
 ]
 
 
@@ -107,7 +114,9 @@ async def test_plain_litellm_forwards_pass_through_requests_unless_course_llm_s_
             assert seen == [(path.removeprefix("/openai"), True)], (path, seen)
             continue
         assert answer.status_code == 404, (path, answer.text[:500])
-        assert "pass-through" in answer.text and "/v1/chat/completions" in answer.text, answer.text
+        message = answer.json()["error"]["message"]
+        assert message.startswith("course_llm does not serve LiteLLM's provider pass-through routes"), message
+        assert "/v1/chat/completions" in message
         assert seen == [], (method, path, seen)
 
 
@@ -155,3 +164,37 @@ async def test_the_openai_client_reads_the_refusal_and_chat_still_records(
     rows = await rows_of(db_url, raw.headers[REQUEST_ID], 1)
     assert [(row.action, row.success) for row in rows] == [("text_processing", True)]
     assert [r["path"] for r in upstream.requests()] == ["/v1/chat/completions"]
+
+
+WEBSOCKETS = [
+    "/openai/v1/responses",
+    "/openai_passthrough/v1/responses",
+    "/vertex_ai/live",
+    "/deepgram/v1/listen",
+]
+
+
+@pytest.mark.parametrize("path", WEBSOCKETS)
+def test_a_websocket_to_a_pass_through_path_is_refused_at_the_handshake(
+    served: ProxyProcess,
+    upstream: FakeUpstream,  # noqa: F811
+    path: str,
+) -> None:
+    upstream.reset()
+    handshake = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": base64.b64encode(secrets.token_bytes(16)).decode(),
+        "Sec-WebSocket-Version": "13",
+        **AUTH,
+    }
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+    try:
+        connection.request("GET", path, headers=handshake)
+        status = connection.getresponse().status
+    finally:
+        connection.close()
+
+    assert status == 403
+    assert upstream.requests() == []
+    assert any("proxy_request_refused" in line and path in line for line in served.log().splitlines())

@@ -6,9 +6,11 @@ that are already there (a replayed batch). So a batch goes, in one transaction:
 1. `CREATE TEMP TABLE IF NOT EXISTS` the staging table: per connection, `ON COMMIT DELETE ROWS`,
    every text column unbounded so a too-long value reaches step 3 instead of failing the COPY;
 2. binary `COPY` of plain tuples into it (asyncpg's `copy_records_to_table`);
-3. `INSERT INTO llm_calls SELECT … FROM staging ON CONFLICT (id) DO NOTHING`, the staging rows
-   deleted by the same statement (a caller's outer transaction may call us again before its commit
-   empties the table). Casting text to `varchar(n)` cuts it, as `_clipped` does for row INSERTs.
+3. `INSERT INTO llm_calls SELECT … FROM staging ON CONFLICT (id) DO NOTHING`. In a transaction of
+   its own (the writer's `write_rows`) the commit empties the staging table; inside a caller's
+   transaction (`copy_records`, or `write_rows` in a savepoint) the same statement deletes the
+   staged rows, since the caller may write again before its commit. Casting text to `varchar(n)`
+   cuts it, as `_clipped` does for row INSERTs.
 
 The Python side costs one `attrgetter` call and one orjson encoding (of the metadata) per row:
 the tuples are built straight from `CallRecord` attributes in the staging table's column order.
@@ -188,12 +190,13 @@ async def write_rows(driver: Any, rows: Sequence[tuple[Any, ...]]) -> int:
     were new. asyncpg's own errors propagate (see `translated`)."""
     if len(rows) <= UNNEST_MAX_ROWS:
         return _inserted(await driver.execute(_UNNEST_INSERT, *zip(*rows, strict=True)))
+    # Inside a caller's transaction this is a savepoint, whose end does not empty the staging
+    # table: the rows are then moved out of it (`_MOVE_STAGED`), as `copy_records` does.
+    move = _MOVE_STAGED if driver.is_in_transaction() else _INSERT_STAGED
     async with driver.transaction():
         await driver.execute(_CREATE_STAGING)
         await driver.copy_records_to_table(_STAGING, records=rows, columns=_NAMES)
-        # Inside a caller's transaction this is a savepoint, and rows of an earlier call may still
-        # be staged: they are in llm_calls already, so ON CONFLICT skips them and the count holds.
-        return _inserted(await driver.execute(_INSERT_STAGED))
+        return _inserted(await driver.execute(move))
 
 
 def _inserted(status: str) -> int:

@@ -111,7 +111,7 @@ class ProxyLogger(ProxyRecorder):
         self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
     ) -> Any:
         if call_type == PASSTHROUGH_CALL_TYPE:  # past the registry: refused (course_llm/proxy/unserved.py)
-            raise HTTPException(status_code=404, detail={"error": passthrough_refusal().message})
+            raise HTTPException(status_code=404, detail=passthrough_refusal().message)
         if not isinstance(data, dict) or "model" not in data:
             return data
         if not BODY_CHECKED.get():  # `course-llm serve` checked it before LiteLLM read it

@@ -231,6 +231,12 @@ class _RequestGuard:
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            refusal = unserved_refusal(_route_path(scope), None) if scope["type"] == "websocket" else None
+            if refusal is not None:
+                _refused(refusal, _route_path(scope))
+                await receive()  # websocket.connect; closing before accepting refuses the handshake (403)
+                await send({"type": "websocket.close", "code": 1008})
+                return
             await self.app(scope, receive, send)
             return
         started = False
@@ -242,7 +248,7 @@ class _RequestGuard:
 
         checked = None
         try:
-            unserved = unserved_refusal(_route_path(scope))
+            unserved = unserved_refusal(_route_path(scope), str(scope["method"]))
             if unserved is not None:
                 await _answer(_refused(unserved, _route_path(scope)), tracked)
                 return

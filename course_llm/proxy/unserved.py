@@ -14,12 +14,14 @@ place behind course_llm:
   must be set`, a module it cannot import) or routes a chat model at them that cannot serve them.
 
 The request guard (course_llm/proxy/routes.py) answers both with a 404 that says why and what to
-call instead, for every method and before any key check or body read, so nothing reaches LiteLLM.
+call instead, for every method and before any key check or body read, so nothing reaches LiteLLM;
+a websocket to a pass-through path (`/openai/…`, `/vertex_ai/live`, `/deepgram/…`) is refused at
+the handshake.
 LiteLLM runs the pre-call hooks on a pass-through request too (after its own auth), so the hook
-refuses it as well: under plain `litellm --config` the pass-through routes are closed all the same.
-Azure-style routed paths (`/openai/deployments/<model>/…`) are LiteLLM's own routed endpoints, not
-its pass-through, and stay. Under plain `litellm --config` the unserved APIs keep LiteLLM's own
-answers (README, "Known limits").
+refuses it as well: under plain `litellm --config` the HTTP pass-through routes are closed too.
+Azure-style routed paths (`/openai/deployments/<model>/…`) and `/openai/v1/realtime` are LiteLLM's
+own routed endpoints, not its pass-through, and stay. Under plain `litellm --config` the unserved
+APIs keep LiteLLM's own answers (README, "Known limits").
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from course_llm.proxy.guard import Refusal
 
 __all__ = ["PASSTHROUGH_CALL_TYPE", "UNSERVED_APIS", "passthrough_refusal", "unserved_refusal"]
 
-#: The first path segment (after an optional `/v1`) of each API refused, and the API's name.
+#: A path segment naming each API refused (among the first three: LiteLLM serves the files and
+#: batches APIs under `/{provider}/v1/…` too), and the API's name.
 UNSERVED_APIS = {
     "assistants": "Assistants",
     "threads": "Assistants (threads and runs)",
@@ -42,27 +45,47 @@ UNSERVED_APIS = {
 #: The `call_type` LiteLLM's pass-through routes run the pre-call hooks with (litellm 1.106.2:
 #: proxy/pass_through_endpoints/pass_through_endpoints.py).
 PASSTHROUGH_CALL_TYPE = "pass_through_endpoint"
-#: LiteLLM's Azure-style routed endpoints live under its "/openai/" pass-through prefix.
-_ROUTED_UNDER_OPENAI = "/openai/deployments/"
+#: LiteLLM's own routed endpoints under its "/openai/" pass-through prefix, served through the
+#: Router like `/v1/…` (litellm 1.106.2: proxy_server.py, image_endpoints/endpoints.py): POSTs to
+#: `/openai/deployments/<model>/<one of these>`, and the realtime websocket.
+_DEPLOYMENTS = "/openai/deployments/"
+_ROUTED_SUFFIXES = (
+    "/chat/completions",
+    "/completions",
+    "/embeddings",
+    "/images/generations",
+    "/images/edits",
+)
+_REALTIME_WEBSOCKET = "/openai/v1/realtime"
 _INSTEAD = "call /v1/chat/completions with model set to an action, or to <action>/<strategy>"
 _SHOWN = 80
 
 
-def unserved_refusal(path: str) -> Refusal | None:
-    """A 404 for a path course_llm does not serve (see the module docstring); None for any other."""
-    segments = path.split("/", 3)
-    first = segments[2] if len(segments) > 2 and segments[1] == "v1" else segments[min(1, len(segments) - 1)]
-    api = UNSERVED_APIS.get(first)
+def unserved_refusal(path: str, method: str | None = "POST") -> Refusal | None:
+    """A 404 for a path course_llm does not serve (see the module docstring); None for any other.
+    `method` is the HTTP method, None for a websocket."""
     shown = ascii(path)[1:-1][:_SHOWN]
-    if api is not None:
-        return Refusal(
-            404,
-            f"course_llm does not serve the {api} API ({shown}): it needs provider settings the "
-            f"registry does not give; {_INSTEAD}",
-        )
-    if path.startswith(passthrough_prefixes()) and not path.startswith(_ROUTED_UNDER_OPENAI):
+    if path.startswith(passthrough_prefixes()):
+        if path.startswith(_DEPLOYMENTS) and method == "POST" and path.endswith(_ROUTED_SUFFIXES):
+            return None
+        if path == _REALTIME_WEBSOCKET and method is None:
+            return None
         return passthrough_refusal(shown)
-    return None
+    segments = [*path.split("/", 4)[1:4], "", ""]
+    # `/<api>`, `/v1/<api>` or `/<provider>/v1/<api>`, never a model or action named like one.
+    named = [
+        segments[0],
+        segments[1] if segments[0] == "v1" else "",
+        segments[2] if segments[1] == "v1" else "",
+    ]
+    api = next((UNSERVED_APIS[name] for name in named if name in UNSERVED_APIS), None)
+    if api is None:
+        return None
+    return Refusal(
+        404,
+        f"course_llm does not serve the {api} API ({shown}): it needs provider settings the "
+        f"registry does not give; {_INSTEAD}",
+    )
 
 
 def passthrough_refusal(shown: str | None = None) -> Refusal:
