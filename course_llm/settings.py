@@ -117,7 +117,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _pool_room(self) -> Self:
-        if self.db_pool_size + self.db_max_overflow < 2:
+        if self.database_url.startswith("postgresql") and self.db_pool_size + self.db_max_overflow < 2:
             raise ValueError(
                 "db_pool_size + db_max_overflow must be at least 2: the row writer keeps one "
                 "connection, and the usage API and budgets need another"

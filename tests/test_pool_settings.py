@@ -27,9 +27,10 @@ def test_the_pool_defaults_to_sqlalchemys_and_is_read_from_the_environment(
 
 
 def test_sqlite_keeps_sqlalchemys_own_pool(tmp_path: Path) -> None:
-    assert (
-        Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", db_pool_size=3).pool_options() == {}
-    )
+    sqlite = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
+    assert Settings(database_url=sqlite, db_pool_size=3).pool_options() == {}
+    # The PostgreSQL pool's settings do not apply, so they are not checked either.
+    assert Settings(database_url=sqlite, db_pool_size=1, db_max_overflow=0).pool_options() == {}
 
 
 @pytest.mark.parametrize(("size", "overflow"), [(1, 0), (0, 5), (5, -1)])

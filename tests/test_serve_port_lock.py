@@ -4,7 +4,7 @@
 With `--workers`, each worker listens on a SO_REUSEPORT socket of its own, so a second `serve`
 started before the first listened could listen on the same port too, and the kernel would split
 the clients between two proxies. The check that the port is free cannot see a server that has
-not bound yet; the per-port lock file can.
+not bound yet; the per-port claim (an abstract unix socket) can.
 """
 
 from __future__ import annotations
@@ -56,10 +56,10 @@ def test_two_serves_with_workers_started_together_leave_one_serving_the_port(tmp
     processes = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        log = (tmp_path / f"{name}.log").open("wb")
         argv = serve_argv("--mock", "--port", str(port), "--workers", "2")
         env = {**os.environ, **mock_env(tmp_path / name)}
-        processes.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+        with (tmp_path / f"{name}.log").open("wb") as log:
+            processes.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and [p.poll() for p in processes].count(None) > 1:

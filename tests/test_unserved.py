@@ -51,13 +51,16 @@ DEPLOYMENT_PASSTHROUGH = [
     ("GET", "/openai/deployments/text_processing/chat/completions"),
     ("PUT", "/openai/deployments/text_processing/embeddings"),
     ("POST", "/openai/v1/realtime"),  # the REST side (sessions): a pass-through
+    ("POST", "/openai/deployments/embeddings"),  # no model between: LiteLLM's pass-through matches
+    ("POST", "/openai/deployments/completions"),
+    ("POST", "/openai/deployments/images/generations"),
     (None, "/openai/v1/realtime/x"),
 ]
 
 
 @pytest.mark.parametrize("path", PASSTHROUGH)
 def test_a_provider_pass_through_route_is_a_404_that_says_why(path: str) -> None:
-    refusal = unserved_refusal(path)
+    refusal = unserved_refusal(path, "POST")
 
     assert refusal is not None
     assert refusal.status == 404
@@ -80,7 +83,7 @@ def test_a_provider_pass_through_route_is_a_404_that_says_why(path: str) -> None
 def test_an_api_the_registry_cannot_serve_is_a_404_naming_it(api: str, template: str) -> None:
     path = template.format(api=api)
 
-    refusal = unserved_refusal(path)
+    refusal = unserved_refusal(path, "POST")
 
     assert refusal is not None
     assert refusal.status == 404
@@ -89,7 +92,7 @@ def test_an_api_the_registry_cannot_serve_is_a_404_naming_it(api: str, template:
 
 @pytest.mark.parametrize("path", SERVED)
 def test_the_routes_course_llm_serves_are_left_alone(path: str) -> None:
-    assert unserved_refusal(path) is None
+    assert unserved_refusal(path, "POST") is None
 
 
 @pytest.mark.parametrize(("method", "path"), DEPLOYMENT_PASSTHROUGH)
@@ -104,7 +107,7 @@ def test_the_realtime_websocket_under_openai_is_routed_not_passed_through() -> N
 
 
 def test_a_hostile_path_is_shown_escaped_and_short() -> None:
-    refusal = unserved_refusal("/openai/\n\x1b[31m" + "x" * 500)
+    refusal = unserved_refusal("/openai/\n\x1b[31m" + "x" * 500, "GET")
 
     assert refusal is not None
     assert "\n" not in refusal.message and "\x1b" not in refusal.message
@@ -122,4 +125,6 @@ def test_litellm_still_lists_its_pass_through_prefixes_where_course_llm_reads_th
     assert set(PASSTHROUGH_PREFIXES) <= set(feature.path_prefixes)
     assert set(feature.path_prefixes) <= set(passthrough_prefixes())
     for prefix in feature.path_prefixes:
-        assert unserved_refusal(prefix + ("" if prefix.endswith("/") else "/") + "x") is not None, prefix
+        assert unserved_refusal(prefix + ("" if prefix.endswith("/") else "/") + "x", "GET") is not None, (
+            prefix
+        )

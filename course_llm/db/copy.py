@@ -186,8 +186,9 @@ def statement_for(rows: int) -> str:
 
 
 async def write_rows(driver: Any, rows: Sequence[tuple[Any, ...]]) -> int:
-    """Write staged `rows` on a bare asyncpg connection outside any transaction; return how many
-    were new. asyncpg's own errors propagate (see `translated`)."""
+    """Write staged `rows` on a bare asyncpg connection (the writer's, outside any transaction;
+    in a caller's, a savepoint); return how many were new. asyncpg's own errors propagate (see
+    `translated`)."""
     if len(rows) <= UNNEST_MAX_ROWS:
         return _inserted(await driver.execute(_UNNEST_INSERT, *zip(*rows, strict=True)))
     # Inside a caller's transaction this is a savepoint, whose end does not empty the staging

@@ -29,11 +29,11 @@ import asyncio
 import atexit
 import contextlib
 import faulthandler
-import fcntl
 import ipaddress
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -106,33 +106,30 @@ def _check_port(host: str, port: int) -> None:
             raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
-#: Port -> the descriptor of the lock file this process holds for it. Never closed: the kernel
-#: drops the lock when the process ends, however it ends (kill -9 included).
-_PORT_LOCKS: dict[int, int] = {}
+#: Port -> the socket that holds this process's claim on it. Never closed: the kernel drops it
+#: when the process ends, however it ends (kill -9 included).
+_PORT_CLAIMS: dict[int, socket.socket] = {}
 
 
 def _lock_port(port: int) -> None:
-    """Hold a lock on `port` for this process's life.
+    """Claim `port` for this process's life.
 
     Two `serve` started within moments on one port would both pass `_check_port` (neither listens
     yet) and, with `--workers` (one SO_REUSEPORT socket per worker), both listen: the kernel would
-    split the clients between two proxies. The lock file is per machine and per port, whatever
-    the host address; a file that cannot be opened (a read-only temporary directory) skips it.
+    split the clients between two proxies. The claim is a Linux abstract unix socket named after
+    the port: no file (so no temporary directory, owner or permissions to disagree on), the same
+    scope as the port itself (the network namespace), and gone with the process. Elsewhere there
+    is no claim, only `_check_port`.
     """
-    if port in _PORT_LOCKS:
+    if port in _PORT_CLAIMS or not sys.platform.startswith("linux"):
         return
-    path = Path(tempfile.gettempdir()) / f"course-llm-serve-{port}.lock"
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # not inherited by the workers
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)  # flock needs no write access
-    except OSError as exc:
-        log.warning("serve_port_lock_skipped", path=str(path), error=exc.strerror or str(exc))
-        return
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        claim.bind(f"\0course-llm-serve-{port}")
     except OSError:
-        os.close(descriptor)
-        raise ServeError(f"another course-llm serve is starting or running on port {port} ({path})") from None
-    _PORT_LOCKS[port] = descriptor
+        claim.close()
+        raise ServeError(f"another course-llm serve is starting or running on port {port}") from None
+    _PORT_CLAIMS[port] = claim
 
 
 #: The key of `serve --mock` (and so `make run`) when LITELLM_MASTER_KEY is not set. It is public

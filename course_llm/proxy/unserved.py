@@ -19,8 +19,11 @@ a websocket to a pass-through path (`/openai/…`, `/vertex_ai/live`, `/deepgram
 the handshake.
 LiteLLM runs the pre-call hooks on a pass-through request too (after its own auth), so the hook
 refuses it as well: under plain `litellm --config` the HTTP pass-through routes are closed too.
-Azure-style routed paths (`/openai/deployments/<model>/…`) and `/openai/v1/realtime` are LiteLLM's
-own routed endpoints, not its pass-through, and stay. Under plain `litellm --config` the unserved
+Azure-style routed paths (POSTs to `/openai/deployments/<model>/chat/completions` and the like) and
+the `/openai/v1/realtime` websocket are LiteLLM's own routed endpoints, not its pass-through, and
+stay. A few other routed aliases of `/v1/…` under a provider prefix (`/openai/v1/responses`,
+`/cursor/chat/completions`) are refused with the pass-through routes: `/v1/…` serves the same,
+behind the guard's body checks. Under plain `litellm --config` the unserved
 APIs keep LiteLLM's own answers (README, "Known limits").
 """
 
@@ -61,12 +64,12 @@ _INSTEAD = "call /v1/chat/completions with model set to an action, or to <action
 _SHOWN = 80
 
 
-def unserved_refusal(path: str, method: str | None = "POST") -> Refusal | None:
+def unserved_refusal(path: str, method: str | None) -> Refusal | None:
     """A 404 for a path course_llm does not serve (see the module docstring); None for any other.
     `method` is the HTTP method, None for a websocket."""
     shown = ascii(path)[1:-1][:_SHOWN]
     if path.startswith(passthrough_prefixes()):
-        if path.startswith(_DEPLOYMENTS) and method == "POST" and path.endswith(_ROUTED_SUFFIXES):
+        if method == "POST" and _routed_deployment(path):
             return None
         if path == _REALTIME_WEBSOCKET and method is None:
             return None
@@ -86,6 +89,12 @@ def unserved_refusal(path: str, method: str | None = "POST") -> Refusal | None:
         f"course_llm does not serve the {api} API ({shown}): it needs provider settings the "
         f"registry does not give; {_INSTEAD}",
     )
+
+
+def _routed_deployment(path: str) -> bool:
+    """`/openai/deployments/<model>/<routed suffix>`, a model named (as `endpoint_of` reads it)."""
+    rest = path[len(_DEPLOYMENTS) :] if path.startswith(_DEPLOYMENTS) else ""
+    return any(rest.endswith(suffix) and len(rest) > len(suffix) for suffix in _ROUTED_SUFFIXES)
 
 
 def passthrough_refusal(shown: str | None = None) -> Refusal:

@@ -91,10 +91,11 @@ def _registry_price(model_id: str, tokens_in: int | None, tokens_out: int | None
 def _default_session_factory() -> SessionFactory:
     from course_llm.db import create_session_factory, upgrade_database_async
 
-    url = Settings().database_url
+    settings = Settings()
+    url = settings.database_url
     if url not in _default_factories:
         # Migrate in the writer's task, not here: a database that is down must not stop the call.
-        factory = create_session_factory(url)
+        factory = create_session_factory(url, **settings.pool_options())
         setattr(factory, _WRITER_ATTRIBUTE, _new_writer(factory, prepare=lambda: upgrade_database_async(url)))
         _default_factories[url] = factory
     return _default_factories[url]
