@@ -234,8 +234,8 @@ class _RequestGuard:
             refusal = unserved_refusal(_route_path(scope), None) if scope["type"] == "websocket" else None
             if refusal is not None:
                 _refused(refusal, _route_path(scope))
-                await receive()  # websocket.connect; closing before accepting refuses the handshake (403)
-                await send({"type": "websocket.close", "code": 1008})
+                if (await receive())["type"] == "websocket.connect":  # else the client left already
+                    await send({"type": "websocket.close", "code": 1008})  # before accept: a 403
                 return
             await self.app(scope, receive, send)
             return
