@@ -375,6 +375,9 @@ async def test_keep_alive_clients_are_spread_over_the_workers_and_the_port_is_th
     await asyncio.to_thread(process.start)
     assert process.process is not None
     await until(lambda: len(workers_of(process.process.pid)) == 2, 60, "two workers")
+    # A worker listens once its app is built: under load the second can take seconds more than
+    # the first, which alone would then get every kept-alive connection (seen once in CI).
+    await until(lambda: listening_sockets(port) == 2, 90, "both workers listening")
     body = {"model": "text_processing", "messages": [{"role": "user", "content": "hi"}]}
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(
