@@ -9,6 +9,7 @@ row, without an upstream call. The proxy across replicas is tests/test_scale_e2e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -57,6 +58,21 @@ async def process(cooldown_s: float = 30.0) -> tuple[CircuitBreaker, SharedCircu
     return breaker, shared
 
 
+@contextlib.asynccontextmanager
+async def processes(
+    count: int, cooldown_s: float = 30.0
+) -> AsyncIterator[list[tuple[CircuitBreaker, SharedCircuits]]]:
+    """`count` processes' breakers and shared circuits (as `process`), closed when done."""
+    started: list[tuple[CircuitBreaker, SharedCircuits]] = []
+    try:
+        for _ in range(count):
+            started.append(await process(cooldown_s))
+        yield started
+    finally:
+        for _, shared in started:
+            await shared.aclose()
+
+
 def open_here(breaker: CircuitBreaker, status: int = 503) -> None:
     for _ in range(2):
         breaker.record_failure(MODEL, status, transient=True)
@@ -64,8 +80,7 @@ def open_here(breaker: CircuitBreaker, status: int = 503) -> None:
 
 
 async def test_a_circuit_opened_in_one_process_is_open_in_another(server: redis.Redis) -> None:
-    (a, a_shared), (b, b_shared) = await process(), await process()
-    try:
+    async with processes(2) as ((a, a_shared), (b, b_shared)):
         open_here(a)
         assert b.allow(MODEL)  # not told yet
         await a_shared.sync()
@@ -76,14 +91,10 @@ async def test_a_circuit_opened_in_one_process_is_open_in_another(server: redis.
         assert 29 < circuit.reopens_in_s <= 30
         stored = json.loads(server.hget(KEY, MODEL) or b"{}")
         assert stored["status"] == 503 and stored["until"] == pytest.approx(time.time() + 30, abs=2)
-    finally:
-        await a_shared.aclose()
-        await b_shared.aclose()
 
 
 async def test_a_successful_trial_anywhere_closes_the_circuit_everywhere(server: redis.Redis) -> None:
-    (a, a_shared), (b, b_shared) = await process(cooldown_s=0.2), await process(cooldown_s=0.2)
-    try:
+    async with processes(2, cooldown_s=0.2) as ((a, a_shared), (b, b_shared)):
         open_here(a)
         await a_shared.sync()
         await b_shared.sync()
@@ -95,14 +106,10 @@ async def test_a_successful_trial_anywhere_closes_the_circuit_everywhere(server:
         assert server.hget(KEY, MODEL) is None
         await a_shared.sync()
         assert a.state(MODEL) == "closed" and a.open_circuits() == []
-    finally:
-        await a_shared.aclose()
-        await b_shared.aclose()
 
 
 async def test_a_close_does_not_undo_a_reopening_elsewhere(server: redis.Redis) -> None:
-    (a, a_shared), (b, b_shared) = await process(cooldown_s=0.2), await process(cooldown_s=0.2)
-    try:
+    async with processes(2, cooldown_s=0.2) as ((a, a_shared), (b, b_shared)):
         open_here(a)
         await a_shared.sync()
         await b_shared.sync()
@@ -117,14 +124,10 @@ async def test_a_close_does_not_undo_a_reopening_elsewhere(server: redis.Redis) 
         assert b.state(MODEL) != "closed" and b.open_circuits()[0].last_status_code == 500
         await a_shared.sync()
         assert a.state(MODEL) != "closed"
-    finally:
-        await a_shared.aclose()
-        await b_shared.aclose()
 
 
 async def test_the_latest_cooldown_wins_and_an_earlier_one_never_shortens_it(server: redis.Redis) -> None:
-    (a, a_shared), (b, b_shared) = await process(), await process()
-    try:
+    async with processes(2) as ((a, a_shared), (b, b_shared)):
         open_here(b)
         await b_shared.sync()
         earlier = server.hget(KEY, MODEL)
@@ -136,9 +139,6 @@ async def test_the_latest_cooldown_wins_and_an_earlier_one_never_shortens_it(ser
         assert json.loads(later or b"{}")["until"] > json.loads(earlier or b"{}")["until"]
         await b_shared._send(MODEL, "open", (earlier or b"").decode())  # b's again, late
         assert server.hget(KEY, MODEL) == later
-    finally:
-        await a_shared.aclose()
-        await b_shared.aclose()
 
 
 def test_an_adopted_circuit_is_never_open_longer_than_the_registry_says() -> None:
@@ -178,30 +178,23 @@ async def test_a_field_that_is_not_a_circuit_is_dropped_and_opens_nothing(
     server: redis.Redis, value: bytes
 ) -> None:
     server.hset(KEY, MODEL, value)
-    breaker, shared = await process()
-    try:
+    async with processes(1) as [(breaker, shared)]:
         await shared.sync()
         assert breaker.allow(MODEL) and breaker.open_circuits() == []
         assert server.hget(KEY, MODEL) is None
         await shared.sync()  # and the syncs after go on
         assert shared.sync_failures == 0
-    finally:
-        await shared.aclose()
 
 
 async def test_a_circuit_left_half_open_for_a_day_is_dropped(server: redis.Redis) -> None:
     server.hset(KEY, MODEL, json.dumps({"until": time.time() - 2 * 86400, "status": 500, "failures": 3}))
-    breaker, shared = await process()
-    try:
+    async with processes(1) as [(breaker, shared)]:
         await shared.sync()
         assert breaker.state(MODEL) == "closed" and server.hget(KEY, MODEL) is None
-    finally:
-        await shared.aclose()
 
 
 async def test_redis_back_empty_does_not_close_circuits_and_they_are_sent_again(server: redis.Redis) -> None:
-    (a, a_shared), (b, b_shared) = await process(), await process()
-    try:
+    async with processes(2) as ((a, a_shared), (b, b_shared)):
         open_here(a)
         await a_shared.sync()
         await b_shared.sync()
@@ -211,20 +204,15 @@ async def test_redis_back_empty_does_not_close_circuits_and_they_are_sent_again(
         await a_shared.sync()
         assert (a.state(MODEL), b.state(MODEL)) == ("open", "open")
         assert server.hget(KEY, MODEL) is not None and server.hget(KEY, MARKER) is not None
-        fresh, fresh_shared = await process()  # a process started after the loss learns of it too
-        await fresh_shared.sync()
-        assert fresh.state(MODEL) == "open"
-        await fresh_shared.aclose()
-    finally:
-        await a_shared.aclose()
-        await b_shared.aclose()
+        async with processes(1) as [(fresh, fresh_shared)]:  # started after the loss, it learns of it too
+            await fresh_shared.sync()
+            assert fresh.state(MODEL) == "open"
 
 
 async def test_redis_back_empty_keeps_a_circuit_only_the_second_process_to_sync_knew(
     server: redis.Redis,
 ) -> None:
-    (a, a_shared), (b, b_shared) = await process(), await process()
-    try:
+    async with processes(2) as ((a, a_shared), (b, b_shared)):
         open_here(b)  # b's own circuit, sent, but a has not synced since
         await b_shared.sync()
         server.flushdb()
@@ -233,14 +221,10 @@ async def test_redis_back_empty_keeps_a_circuit_only_the_second_process_to_sync_
         assert b.state(MODEL) == "open" and server.hget(KEY, MODEL) is not None
         await a_shared.sync()
         assert a.state(MODEL) == "open"
-    finally:
-        await a_shared.aclose()
-        await b_shared.aclose()
 
 
 async def test_a_closing_that_failed_to_reach_redis_is_sent_when_it_answers(server: redis.Redis) -> None:
-    (a, a_shared), (b, b_shared) = await process(cooldown_s=0.2), await process(cooldown_s=0.2)
-    try:
+    async with processes(2, cooldown_s=0.2) as ((a, a_shared), (b, b_shared)):
         open_here(a)
         await a_shared.sync()
         await b_shared.sync()
@@ -260,25 +244,18 @@ async def test_a_closing_that_failed_to_reach_redis_is_sent_when_it_answers(serv
         assert server.hget(KEY, MODEL) is None and a.state(MODEL) == "closed"
         await b_shared.sync()
         assert b.state(MODEL) == "closed"
-    finally:
-        await a_shared.aclose()
-        await b_shared.aclose()
 
 
 async def test_a_circuit_closed_elsewhere_closes_here_only_while_the_hash_is_kept(
     server: redis.Redis,
 ) -> None:
-    (a, a_shared), (b, b_shared) = await process(), await process()
-    try:
+    async with processes(2) as ((a, a_shared), (b, b_shared)):
         open_here(a)
         await a_shared.sync()
         await b_shared.sync()
         server.hdel(KEY, MODEL)  # what a closing process does (compare-and-delete)
         await b_shared.sync()
         assert b.state(MODEL) == "closed"
-    finally:
-        await a_shared.aclose()
-        await b_shared.aclose()
 
 
 async def test_with_redis_away_the_breaker_goes_on_alone_and_shares_its_opening_later(
