@@ -246,14 +246,15 @@ class _RequestGuard:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
+        path = _route_path(scope)
         checked = None
         try:
-            unserved = unserved_refusal(_route_path(scope), str(scope["method"]))
+            unserved = unserved_refusal(path, str(scope["method"]))
             if unserved is not None:
-                await _answer(_refused(unserved, _route_path(scope)), tracked)
+                await _answer(_refused(unserved, path), tracked)
                 return
             if scope["method"] in _BODY_METHODS:
-                admitted = await self._admit(scope, receive, tracked)
+                admitted = await self._admit(scope, path, receive, tracked)
                 if admitted is None:
                     return
                 receive, whole = admitted
@@ -270,10 +271,11 @@ class _RequestGuard:
             if checked is not None:
                 BODY_CHECKED.reset(checked)
 
-    async def _admit(self, scope: Message, receive: Receive, send: Send) -> tuple[Receive, bool] | None:
+    async def _admit(
+        self, scope: Message, path: str, receive: Receive, send: Send
+    ) -> tuple[Receive, bool] | None:
         """None once the request has been answered (refused); else `receive` for LiteLLM, and
-        whether the whole body was checked against the allow-list."""
-        path = _route_path(scope)
+        whether the whole body was checked against the allow-list. `path` is `_route_path`'s."""
         endpoint = endpoint_of(path) if scope["method"] == "POST" else None
         if endpoint is not None:
             try:

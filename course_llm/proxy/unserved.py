@@ -67,13 +67,12 @@ _SHOWN = 80
 def unserved_refusal(path: str, method: str | None) -> Refusal | None:
     """A 404 for a path course_llm does not serve (see the module docstring); None for any other.
     `method` is the HTTP method, None for a websocket."""
-    shown = ascii(path)[1:-1][:_SHOWN]
     if path.startswith(passthrough_prefixes()):
         if method == "POST" and _routed_deployment(path):
             return None
         if path == _REALTIME_WEBSOCKET and method is None:
             return None
-        return passthrough_refusal(shown)
+        return passthrough_refusal(_shown(path))
     segments = [*path.split("/", 4)[1:4], "", ""]
     # `/<api>`, `/v1/<api>` or `/<provider>/v1/<api>`, never a model or action named like one.
     named = [
@@ -86,9 +85,14 @@ def unserved_refusal(path: str, method: str | None) -> Refusal | None:
         return None
     return Refusal(
         404,
-        f"course_llm does not serve the {api} API ({shown}): it needs provider settings the "
+        f"course_llm does not serve the {api} API ({_shown(path)}): it needs provider settings the "
         f"registry does not give; {_INSTEAD}",
     )
+
+
+def _shown(path: str) -> str:
+    """A client's path, escaped and cut, for a message."""
+    return ascii(path)[1:-1][:_SHOWN]
 
 
 def _routed_deployment(path: str) -> bool:
